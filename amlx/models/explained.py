@@ -1,0 +1,457 @@
+"""One interface for every kind of explained model: encoder classifiers, decoder classifiers, prompted LMs.
+
+``ExplainedModel`` wraps a Hugging Face model and its tokenizer and gives every attribution method and
+metric the same handful of operations: ``encode`` (tokens, offsets, attributable mask, word ids),
+``logits`` / ``probs`` from ``input_ids`` or ``inputs_embeds``, the embedding layer and the mask embedding,
+per-position ``position_logits`` for decoders (Progressive Inference) and ``attentions``.
+
+Padding is always on the right, and a decoder's prediction is read at the last position whose attention mask
+is 1, computed here rather than by the HF head, so the ``input_ids`` and ``inputs_embeds`` paths agree and
+batched equals unbatched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from amlx import assets
+from amlx.words import token_word_ids, word_spans
+
+log = logging.getLogger(__name__)
+
+KINDS = ("encoder", "decoder", "prompted")
+META_FILE = "amlx_model.json"
+DEFAULT_LABELS = ("negative", "positive")
+# Zero-shot default; configs/explained/ holds the few-shot RPI/AML prompt.
+DEFAULT_TEMPLATE = "Review: {text}\nSentiment:"
+DEFAULT_VERBALIZERS = (" negative", " positive")
+
+
+class EmptyTextError(ValueError):
+    """An input text is empty or whitespace only."""
+
+
+class UnknownLabelError(ValueError):
+    """A label is not in the explained model's label set."""
+
+
+class MaskTokenError(ValueError):
+    """The tokenizer has no token for the requested mask strategy."""
+
+
+@dataclass
+class Encoded:
+    """A tokenized batch. Shapes: ``[batch, tokens]`` unless stated; padding on the right."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    attributable: Tensor  # bool: text tokens that may be attributed and masked (no specials, prompt, padding)
+    offsets: Tensor  # [batch, tokens, 2] character spans into ``texts[b]``; (0, 0) where not attributable
+    word_ids: Tensor  # word index of each attributable token in ``texts[b]``, -1 elsewhere
+    texts: list[str]  # the texts as encoded (after truncation)
+    truncated: list[bool]
+
+    def to(self, device: torch.device | str) -> Encoded:
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k, v in moved.items():
+            if isinstance(v, Tensor):
+                moved[k] = v.to(device)
+        return Encoded(**moved)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def detect_kind(config) -> str:
+    """encoder (has a masked-LM family), decoder (sequence classification head) or prompted (causal LM)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "encoder"
+    archs = config.architectures or []
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return "decoder"
+    return "prompted"
+
+
+class ExplainedModel(nn.Module):
+    """A frozen classifier seen through the operations attribution methods need (see module docstring)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        kind: str,
+        labels: list[str] | tuple[str, ...] | None = None,
+        mask: str = "auto",
+        template: str = DEFAULT_TEMPLATE,
+        verbalizers: list[str] | tuple[str, ...] = DEFAULT_VERBALIZERS,
+        max_length: int | None = None,
+        trainable: bool = False,
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.kind = kind
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name or getattr(getattr(model, "config", None), "_name_or_path", "")
+        tokenizer.padding_side = "right"
+        self.hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if tokenizer.pad_token_id is None:  # GPT-2 style tokenizers: pad with EOS (masked out anyway)
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        if getattr(self.hf.config, "pad_token_id", None) is None:
+            self.hf.config.pad_token_id = tokenizer.pad_token_id
+
+        if kind == "prompted":
+            if "{text}" not in template:
+                raise ValueError("a prompted model's template must contain '{text}'")
+            self.template = template
+            self.labels = list(labels or DEFAULT_LABELS)
+            if len(verbalizers) != len(self.labels):
+                raise ValueError(f"{len(verbalizers)} verbalizers for {len(self.labels)} labels")
+            self.verbalizers = list(verbalizers)
+            ids = []
+            for v in self.verbalizers:
+                t = tokenizer(v, add_special_tokens=False)["input_ids"]
+                if len(t) != 1:
+                    raise ValueError(f"verbalizer {v!r} is {len(t)} tokens; each class needs exactly one token")
+                ids.append(t[0])
+            self.register_buffer("verbalizer_ids", torch.tensor(ids), persistent=False)
+        else:
+            self.template, self.verbalizers = "", []
+            n = self.hf.config.num_labels
+            names = labels or [self.hf.config.id2label.get(i, str(i)) for i in range(n)]
+            if n == 2 and all(str(x).startswith("LABEL_") for x in names):
+                names = list(DEFAULT_LABELS)
+            if len(names) != n:
+                raise ValueError(f"{len(names)} label names for a head with {n} outputs")
+            self.labels = list(names)
+
+        self.max_length = max_length or self._model_max_length()
+        self.mask_spec = mask
+        self._set_mask(mask)
+        if not trainable:
+            self.requires_grad_(False)
+            self.eval()
+
+    # ------------------------------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        name: str,
+        kind: str = "auto",
+        labels: list[str] | None = None,
+        mask: str | None = None,
+        template: str | None = None,
+        verbalizers: list[str] | None = None,
+        max_length: int | None = None,
+        num_labels: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        attn_implementation: str | None = None,
+        trainable: bool = False,
+    ) -> ExplainedModel:
+        """Load by hub name, local folder or ``amlx:`` name; a folder holding a peft adapter is merged in."""
+        from transformers import (
+            AutoConfig,
+            AutoModelForCausalLM,
+            AutoModelForSequenceClassification,
+            AutoTokenizer,
+        )
+
+        path = assets.resolve(name)
+        meta = _read_meta(path)
+        kind = meta.get("kind", kind) if kind == "auto" else kind
+        labels = labels or meta.get("labels")
+        mask = mask or meta.get("mask", "auto")
+        template = template or meta.get("template", DEFAULT_TEMPLATE)
+        verbalizers = verbalizers or meta.get("verbalizers", DEFAULT_VERBALIZERS)
+        max_length = max_length or meta.get("max_length")
+        kw = {"dtype": dtype}
+        if attn_implementation:
+            kw["attn_implementation"] = attn_implementation
+
+        adapter_cfg = Path(path) / "adapter_config.json" if Path(path).is_dir() else None
+        base_path = path
+        if adapter_cfg is not None and adapter_cfg.exists():
+            base_path = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
+            base_path = assets.resolve(meta.get("base_model", base_path))
+        config = AutoConfig.from_pretrained(base_path)
+        if kind == "auto":
+            kind = detect_kind(config)
+        if kind == "prompted":
+            model = AutoModelForCausalLM.from_pretrained(base_path, **kw)
+        else:
+            n = num_labels or (len(labels) if labels else None)
+            if n is not None:
+                kw["num_labels"] = n
+            model = AutoModelForSequenceClassification.from_pretrained(base_path, **kw)
+        tok_path = path if (Path(path) / "tokenizer_config.json").exists() or not Path(path).is_dir() else base_path
+        tokenizer = AutoTokenizer.from_pretrained(tok_path)
+        if base_path != path:
+            from peft import PeftModel
+
+            if model.config.pad_token_id is None:
+                model.config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
+            model = PeftModel.from_pretrained(model, path)
+            if not trainable:
+                model = model.merge_and_unload()
+        return cls(
+            model,
+            tokenizer,
+            kind,
+            labels=labels,
+            mask=mask,
+            template=template,
+            verbalizers=verbalizers,
+            max_length=max_length,
+            trainable=trainable,
+            name=name,
+        )
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Save weights (or the peft adapter), tokenizer and the amlx metadata so any tool can reload them."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        meta = {
+            "kind": self.kind,
+            "labels": self.labels,
+            "mask": self.mask_spec,
+            "max_length": self.max_length,
+        }
+        if self.kind == "prompted":
+            meta.update(template=self.template, verbalizers=self.verbalizers)
+        if hasattr(self.model, "peft_config"):
+            meta["base_model"] = self.model.peft_config["default"].base_model_name_or_path
+        (path / META_FILE).write_text(json.dumps(meta, indent=1))
+
+    def _model_max_length(self) -> int:
+        cands = [getattr(self.hf.config, "max_position_embeddings", None), self.tokenizer.model_max_length]
+        cands = [int(c) for c in cands if c is not None and 0 < c < 1_000_000]
+        return min(cands) if cands else 512
+
+    # ------------------------------------------------------------------------------------- mask embedding
+    def _set_mask(self, spec: str) -> None:
+        """Resolve the mask strategy: mask | unk | pad | id:N | learned | auto (mask for encoders, unk else)."""
+        self.learned_mask = None
+        self.mask_token_id: int | None = None
+        resolved = spec
+        if spec == "auto":
+            resolved = "mask" if self.kind == "encoder" else "unk"
+        if resolved in ("mask", "unk", "pad"):
+            tid = getattr(self.tokenizer, f"{resolved}_token_id", None)
+            if tid is None:
+                raise MaskTokenError(
+                    f"the tokenizer of {self.name or 'this model'} has no {resolved} token; set the explained "
+                    "model's mask to one it has (mask | unk | pad), an explicit 'id:N', or 'learned'"
+                )
+            self.mask_token_id = int(tid)
+        elif resolved.startswith("id:"):
+            self.mask_token_id = int(resolved[3:])
+            if not 0 <= self.mask_token_id < self.embedding_layer.num_embeddings:
+                raise MaskTokenError(f"mask id {self.mask_token_id} is outside the vocabulary")
+        elif resolved == "learned":
+            init = self.embedding_layer.weight.detach().mean(0).clone()
+            self.learned_mask = nn.Parameter(init)
+        else:
+            raise MaskTokenError(f"unknown mask strategy {spec!r}; use mask | unk | pad | id:N | learned | auto")
+
+    @property
+    def embedding_layer(self) -> nn.Embedding:
+        return self.hf.get_input_embeddings()
+
+    def mask_embedding(self) -> Tensor:
+        """The embedding ``m`` that replaces masked tokens: [hidden]."""
+        if self.learned_mask is not None:
+            return self.learned_mask
+        return self.embedding_layer.weight[self.mask_token_id]
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """Input embeddings: [batch, tokens] → [batch, tokens, hidden]."""
+        return self.embedding_layer(input_ids)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embedding_layer.weight.device
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    def label_index(self, label: int | str) -> int:
+        """Class index of a label given by index or name."""
+        if isinstance(label, str) and label in self.labels:
+            return self.labels.index(label)
+        if isinstance(label, (int, np.integer)) and not isinstance(label, bool) and 0 <= label < len(self.labels):
+            return int(label)
+        raise UnknownLabelError(f"label {label!r} is not in this model's label set {self.labels}")
+
+    # ---------------------------------------------------------------------------------------- tokenizing
+    def encode(self, texts: str | list[str]) -> Encoded:
+        """Tokenize texts with offsets, the attributable mask and word ids; over-long texts are truncated."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise EmptyTextError("encode() got no texts")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise EmptyTextError(
+                    f"text {i} is empty or whitespace only ({t!r}); there is nothing to classify or attribute — "
+                    "drop it (amlx's data modules drop such rows with a warning)"
+                )
+        if self.kind == "prompted":
+            texts, truncated = self._truncate_for_prompt(texts)
+            prefix, suffix = self.template.split("{text}", 1)
+            full = [prefix + t + suffix for t in texts]
+            spans = [(len(prefix), len(prefix) + len(t)) for t in texts]
+            enc = self.tokenizer(
+                full, return_offsets_mapping=True, return_special_tokens_mask=True, padding=True, truncation=False
+            )
+        else:
+            lengths = [len(x) for x in self.tokenizer(texts, truncation=False)["input_ids"]]
+            truncated = [n > self.max_length for n in lengths]
+            enc = self.tokenizer(
+                texts,
+                return_offsets_mapping=True,
+                return_special_tokens_mask=True,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+            )
+            spans = [(0, len(t)) for t in texts]
+            if any(truncated):
+                # keep only what was encoded, so offsets, words and renderers describe the same text
+                texts = [_cut_to_tokens(t, o) if tr else t for t, o, tr in zip(texts, enc["offset_mapping"], truncated)]
+        if any(truncated):
+            warnings.warn(
+                f"{sum(truncated)} of {len(texts)} texts exceed the model's {self.max_length} tokens and were "
+                "truncated (only the kept part is classified and attributed)",
+                stacklevel=2,
+            )
+        ids = torch.tensor(enc["input_ids"])
+        am = torch.tensor(enc["attention_mask"])
+        off = torch.tensor(np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(len(texts), ids.shape[1], 2))
+        span = torch.tensor(spans)  # [batch, 2]
+        special = torch.tensor(enc["special_tokens_mask"]).bool()
+        inside = (off[..., 1] > span[:, None, 0]) & (off[..., 0] < span[:, None, 1]) & (off[..., 1] > off[..., 0])
+        attributable = inside & ~special & am.bool()
+        off = (off - span[:, None, None, 0]).clamp(min=0)
+        off = torch.minimum(off, (span[:, 1] - span[:, 0])[:, None, None])
+        off = off * attributable[..., None]
+        word_ids = torch.full_like(ids, -1)
+        off_np, attr_np = off.numpy(), attributable.numpy()
+        for b, t in enumerate(texts):
+            word_ids[b] = torch.from_numpy(token_word_ids(off_np[b], word_spans(t), attr_np[b]))
+        return Encoded(ids, am, attributable, off, word_ids, texts, truncated)
+
+    def _truncate_for_prompt(self, texts: list[str]) -> tuple[list[str], list[bool]]:
+        prefix, suffix = self.template.split("{text}", 1)
+        fixed = len(self.tokenizer(prefix + suffix)["input_ids"]) + 2  # +2: merges at the two boundaries
+        budget = self.max_length - fixed
+        if budget < 1:
+            raise ValueError(f"the prompt template alone fills the model's {self.max_length} tokens")
+        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        out, truncated = [], []
+        for t, ids, offs in zip(texts, enc["input_ids"], enc["offset_mapping"]):
+            if len(ids) > budget:
+                out.append(t[: offs[budget - 1][1]])
+                truncated.append(True)
+            else:
+                out.append(t)
+                truncated.append(False)
+        return out, truncated
+
+    # ------------------------------------------------------------------------------------------ forward
+    def _backbone_hidden(self, input_ids, attention_mask, inputs_embeds, **kw):
+        out = self.hf.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kw
+        )
+        return out
+
+    def position_logits(
+        self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, inputs_embeds: Tensor | None = None
+    ) -> Tensor:
+        """Class logits read at every position (decoders / prompted LMs): [batch, tokens, classes].
+
+        Position i sees only tokens ≤ i, so it is the prediction on the prefix ending at i.
+        """
+        if self.kind == "encoder":
+            raise ValueError(
+                "per-position (intermediate) predictions need a decoder: an encoder's tokens all see each other"
+            )
+        hidden = self._backbone_hidden(input_ids, attention_mask, inputs_embeds).last_hidden_state
+        if self.kind == "decoder":
+            return self.hf.score(hidden)
+        head = self.hf.get_output_embeddings()
+        bias = head.bias[self.verbalizer_ids] if getattr(head, "bias", None) is not None else None
+        return F.linear(hidden, head.weight[self.verbalizer_ids], bias)
+
+    def logits(
+        self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, inputs_embeds: Tensor | None = None
+    ) -> Tensor:
+        """Class logits from ``input_ids`` or ``inputs_embeds``: [batch, classes]."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if attention_mask is None:
+            ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
+            attention_mask = torch.ones(ref.shape, dtype=torch.long, device=ref.device)
+        if self.kind == "encoder":
+            return self.hf(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds).logits
+        per_pos = self.position_logits(input_ids, attention_mask, inputs_embeds)
+        return per_pos[torch.arange(per_pos.shape[0], device=per_pos.device), last_positions(attention_mask)]
+
+    def probs(
+        self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, inputs_embeds: Tensor | None = None
+    ) -> Tensor:
+        """Class probabilities: [batch, classes], rows sum to 1."""
+        return self.logits(input_ids, attention_mask, inputs_embeds).float().softmax(-1)
+
+    def intermediate_probs(
+        self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, inputs_embeds: Tensor | None = None
+    ) -> Tensor:
+        """Per-position class probabilities for decoders: [batch, tokens, classes]."""
+        return self.position_logits(input_ids, attention_mask, inputs_embeds).float().softmax(-1)
+
+    def attentions(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, ...]:
+        """Attention probabilities of every layer, each [batch, heads, tokens, tokens] (eager attention)."""
+        if getattr(self.hf.config, "_attn_implementation", "eager") != "eager":
+            self.hf.set_attn_implementation("eager")
+        out = self._backbone_hidden(input_ids, attention_mask, None, output_attentions=True)
+        return tuple(out.attentions)
+
+    @torch.no_grad()
+    def predict(self, texts: str | list[str], batch_size: int = 32) -> Tensor:
+        """Class probabilities of raw texts: [batch, classes] on the CPU."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        out = []
+        for i in range(0, len(texts), batch_size):
+            enc = self.encode(texts[i : i + batch_size]).to(self.device)
+            out.append(self.probs(enc.input_ids, enc.attention_mask).cpu())
+        return torch.cat(out)
+
+
+def last_positions(attention_mask: Tensor) -> Tensor:
+    """Index of the last position whose attention mask is 1, per row: [batch]."""
+    pos = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.bool() * pos).argmax(1)
+
+
+def _cut_to_tokens(text: str, offsets: list[tuple[int, int]]) -> str:
+    end = max((e for _, e in offsets), default=0)
+    return text[:end]
+
+
+def _read_meta(path: str) -> dict:
+    p = Path(path) / META_FILE
+    return json.loads(p.read_text()) if p.exists() else {}
