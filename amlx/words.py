@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 import numpy as np
 
+# Python's \w leaves out combining marks (category M), which would split decomposed "cafe\u0301" or Hindi
+# "हिन्दी" at every accent or vowel sign: word characters are \w plus the marks of the Basic Multilingual Plane.
+_MARKS = "".join(chr(c) for c in range(0x10000) if unicodedata.category(chr(c))[0] == "M")
+_W = rf"[\w{_MARKS}]"
 # A word is a run of word characters, optionally joined by apostrophes or hyphens ("don't", "well-made");
 # every other non-space run (punctuation, symbols) is a word of its own.
-WORD_RE = re.compile(r"\w+(?:['’\-]\w+)*|[^\w\s]+", re.UNICODE)
+WORD_RE = re.compile(rf"{_W}+(?:['’\-]{_W}+)*|[^\w\s{_MARKS}]+", re.UNICODE)
 
 
 def word_spans(text: str) -> list[tuple[int, int]]:

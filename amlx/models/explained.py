@@ -141,7 +141,9 @@ class ExplainedModel(nn.Module):
         self.max_length = max_length or self._model_max_length()
         self.mask_spec = mask
         self._set_mask(mask)
-        if not trainable:
+        if trainable:
+            self.train()  # from_pretrained leaves HF models in eval mode; fine-tuning wants dropout on
+        else:
             self.requires_grad_(False)
             self.eval()
 
@@ -238,7 +240,11 @@ class ExplainedModel(nn.Module):
         (path / META_FILE).write_text(json.dumps(meta, indent=1))
 
     def _model_max_length(self) -> int:
-        cands = [getattr(self.hf.config, "max_position_embeddings", None), self.tokenizer.model_max_length]
+        positions = getattr(self.hf.config, "max_position_embeddings", None)
+        pos_emb = getattr(getattr(self.hf.base_model, "embeddings", None), "position_embeddings", None)
+        if positions and getattr(pos_emb, "padding_idx", None) is not None:
+            positions -= pos_emb.padding_idx + 1  # RoBERTa family: position ids start after padding_idx (514 → 512)
+        cands = [positions, self.tokenizer.model_max_length]
         cands = [int(c) for c in cands if c is not None and 0 < c < 1_000_000]
         return min(cands) if cands else 512
 

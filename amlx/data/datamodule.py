@@ -1,0 +1,142 @@
+"""``TextClassificationData``: a LightningDataModule with fixed, seeded train/val/test splits of raw texts.
+
+Batches are ``{"text": list[str], "label": LongTensor[batch], "index": LongTensor[batch]}`` (plus planted spans
+when the planted-token variant is on); the model side tokenizes, so one data module serves every explained
+model and every attributor.
+"""
+
+from __future__ import annotations
+
+import datasets
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from amlx.data.planted import plant
+from amlx.data.sources import SENTIMENT_LABELS, load_table
+
+SPLITS = ("train", "val", "test")
+HUB_SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val", "dev"), "test": ("test",)}
+
+
+class TextClassificationData(L.LightningDataModule):
+    """Seeded splits of a labelled text table (an ``amlx:`` dataset, a CSV/JSONL file or a hub dataset).
+
+    Sources without their own splits are shuffled with ``seed`` and cut into ``test_size`` test rows,
+    ``val_size`` validation rows and the rest for training. ``planted=True`` turns every split into the
+    planted-token ground-truth variant (labels randomized, class word inserted, span recorded).
+    """
+
+    def __init__(
+        self,
+        dataset: str = "amlx:movies",
+        labels: list[str] = list(SENTIMENT_LABELS),
+        text_column: str | None = None,
+        label_column: str = "label",
+        val_size: int = 500,
+        test_size: int = 2000,
+        seed: int = 0,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        num_workers: int = 0,
+        max_train_examples: int | None = None,
+        planted: bool = False,
+        planted_position: str = "end",
+        class_words: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.labels = list(labels)
+        self._splits: dict[str, datasets.Dataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits:
+            return
+        hp = self.hparams
+        table = load_table(hp.dataset, self.labels, hp.text_column, hp.label_column)
+        if isinstance(table, datasets.DatasetDict):
+            splits = self._named_splits(table)
+        else:
+            splits = self._seeded_splits(table)
+        if hp.max_train_examples is not None:
+            splits["train"] = splits["train"].select(range(min(hp.max_train_examples, len(splits["train"]))))
+        if hp.planted:
+            words = hp.class_words or self.labels
+            splits = {
+                k: plant(v, words, hp.planted_position, seed=hp.seed + i) for i, (k, v) in enumerate(splits.items())
+            }
+        self._splits = {k: v.add_column("index", list(range(len(v)))) for k, v in splits.items()}
+
+    def _seeded_splits(self, table: datasets.Dataset) -> dict[str, datasets.Dataset]:
+        hp = self.hparams
+        if hp.test_size + hp.val_size >= len(table):
+            raise ValueError(
+                f"{hp.dataset} has {len(table)} rows: too few for test_size={hp.test_size} + val_size={hp.val_size}"
+            )
+        shuffled = table.shuffle(seed=hp.seed)
+        n_test, n_val = hp.test_size, hp.val_size
+        return {
+            "test": shuffled.select(range(n_test)),
+            "val": shuffled.select(range(n_test, n_test + n_val)),
+            "train": shuffled.select(range(n_test + n_val, len(shuffled))),
+        }
+
+    def _named_splits(self, table: datasets.DatasetDict) -> dict[str, datasets.Dataset]:
+        hp = self.hparams
+        if "train" not in table:
+            raise ValueError(f"{hp.dataset} has splits {list(table)} but no 'train'")
+        found = {k: next((table[n] for n in names if n in table), None) for k, names in HUB_SPLIT_NAMES.items()}
+        rest = found["train"].shuffle(seed=hp.seed)
+        if found["test"] is None:
+            found["test"] = rest.select(range(hp.test_size))
+            rest = rest.select(range(hp.test_size, len(rest)))
+        if found["val"] is None:
+            found["val"] = rest.select(range(hp.val_size))
+            rest = rest.select(range(hp.val_size, len(rest)))
+        found["train"] = rest
+        return found
+
+    def split(self, name: str) -> datasets.Dataset:
+        """The ``train`` / ``val`` / ``test`` table (rows: text, label, index, ...)."""
+        if name not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
+        self.setup()
+        return self._splits[name]
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        bs = self.hparams.batch_size if name == "train" else self.hparams.eval_batch_size
+        return DataLoader(
+            self.split(name).to_list(),
+            batch_size=bs,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+            collate_fn=collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+def collate(rows: list[dict]) -> dict:
+    """Rows → ``{"text": [...], "label": LongTensor, "index": LongTensor, ...}``; other numeric columns stacked."""
+    out: dict = {"text": [r["text"] for r in rows]}
+    for key in rows[0]:
+        if key == "text":
+            continue
+        vals = [r[key] for r in rows]
+        if all(isinstance(v, (int, bool)) for v in vals):
+            out[key] = torch.tensor(vals, dtype=torch.long)
+        elif all(isinstance(v, (int, float)) for v in vals):
+            out[key] = torch.tensor(vals, dtype=torch.float32)
+        else:
+            out[key] = vals
+    return out

@@ -1,0 +1,141 @@
+"""Batched evaluation of attribution records with many metrics in as few forward passes as possible.
+
+``Evaluator.evaluate(records)`` builds every perturbed variant of every record for every requested perturbation
+metric (plus each unperturbed input, whose p_ŷ(x) every metric uses), drops duplicates (e.g. Comp at 0 tokens is
+the input itself; AS at n words added is too), sorts the distinct variants by length and runs them through the
+explained model in chunks of at most ``max_tokens`` = rows × padded length, under ``torch.inference_mode()``.
+Agreement metrics need no model and are computed per record. ``evaluate_one_by_one`` is the plain reference
+path (each variant alone, no padding, no deduplication) for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from amlx import metrics as metric_registry
+from amlx.metrics import Metric
+from amlx.metrics.perturb import FILL, PerturbationMetric, build_variants, replacement_id
+from amlx.records import Attribution
+
+DEFAULT_METRICS = ("comp", "suff", "log_odds", "aopc_comp", "aopc_suff")
+
+
+class Evaluator:
+    """Scores records with ``metrics`` (names or ``Metric`` instances) on ``model``.
+
+    ``perturbation`` / ``unit`` / ``rounding`` / ``word_agg``, when given, override every named perturbation
+    metric's default (e.g. ``perturbation="mask"`` for all of them); instances are used as configured.
+    ``max_tokens`` bounds each forward pass (rows × padded length): raise it on a GPU, lower it if memory runs out.
+    """
+
+    def __init__(
+        self,
+        model,
+        metrics: Sequence[str | Metric] = DEFAULT_METRICS,
+        max_tokens: int = 8192,
+        perturbation: str | None = None,
+        unit: str | None = None,
+        rounding: str | None = None,
+        word_agg: str | None = None,
+    ) -> None:
+        self.model = model
+        self.max_tokens = max_tokens
+        overrides = {k: v for k, v in dict(perturbation=perturbation, unit=unit, rounding=rounding,
+                                           word_agg=word_agg).items() if v is not None}  # fmt: skip
+        self.metrics: list[Metric] = []
+        for m in metrics:
+            if isinstance(m, str):
+                m = metric_registry.get(m)
+                if isinstance(m, PerturbationMetric) and overrides:
+                    m = type(m)(**overrides)
+            if m.kind == "sanity":
+                raise ValueError(
+                    f"{m.name} re-runs an attribution method on randomized models and cannot score saved records; "
+                    f"call amlx.metrics.get({m.name!r})(method, model, texts) instead"
+                )
+            self.metrics.append(m)
+        names = [m.name for m in self.metrics]
+        if len(set(names)) != len(names):
+            raise ValueError(f"metric names must be unique in one Evaluator, got {names}")
+        self.stats: dict[str, int] = {}
+
+    @property
+    def perturbation_metrics(self) -> list[PerturbationMetric]:
+        return [m for m in self.metrics if isinstance(m, PerturbationMetric)]
+
+    def evaluate(self, records: Sequence[Attribution]) -> dict[str, np.ndarray]:
+        """Metric name → values [records] (float64), all perturbed variants batched together."""
+        out = {m.name: np.full(len(records), np.nan) for m in self.metrics}
+        pmetrics = self.perturbation_metrics
+        if pmetrics and records:
+            self._check(records)
+            rows, slices = [], []  # per record: (row of the input, [row slice of each metric])
+            n_rows = 0
+            for rec in records:
+                ids = torch.tensor(rec.input_ids)
+                parts = [ids[None]] + [
+                    build_variants(ids, m.keep_masks(rec), m.perturbation, replacement_id(self.model, m.perturbation))
+                    for m in pmetrics
+                ]
+                starts = n_rows + np.cumsum([0] + [len(p) for p in parts])
+                slices.append((n_rows, [slice(starts[i], starts[i + 1]) for i in range(1, len(parts))]))
+                rows.append(torch.cat(parts))
+                n_rows = int(starts[-1])
+            width = max(r.shape[1] for r in rows)
+            allrows = torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[1]), value=FILL) for r in rows])
+            unique, inverse = torch.unique(allrows, dim=0, return_inverse=True)
+            probs = self._forward(unique).double().numpy()  # [unique, classes]
+            p_all = probs[inverse.numpy()]  # [rows, classes]
+            self.stats = {"records": len(records), "variants": len(allrows), "unique": len(unique),
+                          "forward_passes": self.stats.get("forward_passes", 0)}  # fmt: skip
+            for r, (rec, (orig, sl)) in enumerate(zip(records, slices)):
+                p0 = p_all[orig, rec.target]
+                for m, s in zip(pmetrics, sl):
+                    out[m.name][r] = m.reduce(p0, p_all[s, rec.target])
+        for m in self.metrics:
+            if not isinstance(m, PerturbationMetric):
+                out[m.name] = np.array([m(rec) for rec in records], dtype=np.float64)
+        return out
+
+    def evaluate_one_by_one(self, records: Sequence[Attribution]) -> dict[str, np.ndarray]:
+        """Reference path: every metric on every record, each variant through the model alone."""
+        if self.perturbation_metrics:
+            self._check(records)
+        return {m.name: np.array([m(rec, self.model) for rec in records], dtype=np.float64) for m in self.metrics}
+
+    @torch.inference_mode()
+    def _forward(self, rows: Tensor) -> Tensor:
+        """Class probabilities [rows, classes] of FILL-padded id rows, shortest first, ≤ max_tokens per pass."""
+        lengths = (rows != FILL).sum(1)
+        order = torch.argsort(lengths, stable=True)
+        out = torch.empty(len(rows), self.model.num_labels, dtype=torch.float32)
+        pad_id = self.model.tokenizer.pad_token_id
+        passes, i = 0, 0
+        sorted_len = lengths[order].tolist()
+        while i < len(rows):
+            j = i + 1  # sorted ascending: the chunk's padded length is that of its last row
+            while j < len(rows) and (j + 1 - i) * sorted_len[j] <= self.max_tokens:
+                j += 1
+            idx = order[i:j]
+            width = sorted_len[j - 1]
+            chunk = rows[idx, :width]
+            attention = (chunk != FILL).long()
+            ids = chunk.masked_fill(chunk == FILL, pad_id).to(self.model.device)
+            out[idx] = self.model.probs(input_ids=ids, attention_mask=attention.to(self.model.device)).float().cpu()
+            passes += 1
+            i = j
+        self.stats["forward_passes"] = passes
+        return out
+
+    def _check(self, records: Sequence[Attribution]) -> None:
+        vocab = self.model.embedding_layer.num_embeddings
+        for rec in records:
+            if max(rec.input_ids, default=0) >= vocab or rec.target >= self.model.num_labels:
+                raise ValueError(
+                    f"{rec.where()} does not fit the explained model {self.model.name!r} (token ids or target "
+                    "outside its vocabulary / label set); evaluate records with the model that produced them"
+                )

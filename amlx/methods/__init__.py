@@ -1,0 +1,10 @@
+"""Attribution methods behind one interface (``AttributionMethod.attribute``), looked up by name.
+
+``get("gradient_x_input", internal_batch_size=32)`` returns a configured method; ``names()`` lists them. A new
+method is one file with a class decorated by ``@register_method("name")``, imported below.
+"""
+
+from amlx.methods import gradient, random  # noqa: E402, F401  (registration on import)
+from amlx.methods.base import AttributionMethod, get, names, register_method, resolve_targets
+
+__all__ = ["AttributionMethod", "get", "names", "register_method", "resolve_targets"]

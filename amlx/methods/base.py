@@ -1,0 +1,109 @@
+"""The interface every attribution method implements, and the method registry.
+
+A method is a class with a registered ``name`` and one entry point, ``attribute(inputs, model, target=None)``:
+texts (or an ``Encoded`` batch) in, one ``Attribution`` per example out. Shared arguments mean the same
+everywhere: ``target`` (None = the predicted class; an int or label name for all examples; or one per example)
+and ``internal_batch_size`` (examples per forward/backward pass). A subclass implements only ``scores``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from amlx.models.explained import Encoded
+from amlx.records import Attribution, records_from_encoded
+
+_REGISTRY: dict[str, type[AttributionMethod]] = {}
+
+Target = int | str | Sequence[int | str] | Tensor | None
+
+
+class AttributionMethod:
+    """Base class: ``attribute`` handles encoding, targets, batching, timing and records; ``scores`` the method."""
+
+    name: ClassVar[str]
+    variant: str = ""
+
+    def __init__(self, internal_batch_size: int = 16) -> None:
+        if internal_batch_size < 1:
+            raise ValueError(f"internal_batch_size must be ≥ 1, got {internal_batch_size}")
+        self.internal_batch_size = internal_batch_size
+
+    def scores(self, enc: Encoded, model, target: Tensor) -> Tensor:
+        """Raw scores [batch, tokens] for the batch ``enc`` (on the model's device) and classes ``target`` [batch]."""
+        raise NotImplementedError
+
+    def attribute(self, inputs: str | list[str] | Encoded, model, target: Target = None) -> list[Attribution]:
+        """One record per example; ``seconds`` is each internal batch's wall time split evenly over its examples."""
+        enc = inputs if isinstance(inputs, Encoded) else model.encode(inputs)
+        targets = resolve_targets(target, len(enc), model)
+        out: list[Attribution] = []
+        for start in range(0, len(enc), self.internal_batch_size):
+            rows = slice(start, start + self.internal_batch_size)
+            chunk = _slice(enc, rows).to(model.device)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                probs = model.probs(input_ids=chunk.input_ids, attention_mask=chunk.attention_mask)
+            tgt = probs.argmax(-1) if targets is None else targets[rows].to(model.device)
+            scores = self.scores(chunk, model, tgt)
+            seconds = (time.perf_counter() - t0) / len(chunk)
+            out += records_from_encoded(
+                chunk, model.tokenizer, scores, tgt, probs, model.labels, self.name, self.variant, seconds
+            )
+        return out
+
+
+def resolve_targets(target: Target, n: int, model) -> Tensor | None:
+    """Class indices [n] from None (→ None: use the prediction), one int/label, or one per example."""
+    if target is None:
+        return None
+    if isinstance(target, (int, str)):
+        return torch.full((n,), model.label_index(target), dtype=torch.long)
+    items = target.tolist() if isinstance(target, Tensor) else list(target)
+    if len(items) != n:
+        raise ValueError(f"got {len(items)} targets for {n} examples; pass one target or one per example")
+    return torch.tensor([model.label_index(t) for t in items], dtype=torch.long)
+
+
+def _slice(enc: Encoded, rows: slice) -> Encoded:
+    """Rows of a batch, trimmed to their longest row (right padding)."""
+    am = enc.attention_mask[rows]
+    t = int(am.sum(1).max())
+    return Encoded(
+        input_ids=enc.input_ids[rows, :t],
+        attention_mask=am[:, :t],
+        attributable=enc.attributable[rows, :t],
+        offsets=enc.offsets[rows, :t],
+        word_ids=enc.word_ids[rows, :t],
+        texts=enc.texts[rows],
+        truncated=enc.truncated[rows],
+    )
+
+
+def register_method(name: str):
+    """Class decorator: make the method available as ``amlx.methods.get(name)``."""
+
+    def deco(cls: type[AttributionMethod]) -> type[AttributionMethod]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"two methods are registered as {name!r}: {_REGISTRY[name]} and {cls}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def get(name: str, **options) -> AttributionMethod:
+    """A configured method by registered name (``explain.py --method NAME``, YAML ``method: NAME``)."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown attribution method {name!r}; registered methods: {', '.join(names())}")
+    return _REGISTRY[name](**options)
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up and run the test suite (unit tests on tiny random models + a few integration tests on real MiniLM).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/python -m amlx.assets fetch amlx:minilm
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "$@"

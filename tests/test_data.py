@@ -1,0 +1,110 @@
+"""The data layer: sources, binarization, seeded splits, the planted-token variant, bad labels and texts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from amlx import assets
+from amlx.data import DatasetLabelError, TextClassificationData, load_table, plant
+
+
+@pytest.fixture
+def movie_cache(tmp_path, monkeypatch):
+    """A fake ``amlx:movies`` in a temporary cache: 60 rated sentences, 4 of them neutral."""
+    monkeypatch.setenv("AMLX_CACHE", str(tmp_path))
+    folder = assets.local_path("amlx:movies")
+    folder.mkdir(parents=True)
+    rows = []
+    for i in range(60):
+        score = 0.0 if i % 15 == 0 else (1.5 if i % 2 else -2.0)
+        rows.append({"id": str(i), "score": score, "text": f"sentence number {i} is {'good' if score > 0 else 'bad'}"})
+    (folder / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (folder / ".complete").touch()
+    return rows
+
+
+def test_amlx_dataset_is_binarized_by_score_sign_and_neutral_rows_dropped(movie_cache):
+    table = load_table("amlx:movies")
+    assert len(table) == 56  # 4 neutral rows (i = 0, 15, 30, 45) dropped
+    for r in table:
+        src = movie_cache[int(r["id"])]
+        assert r["label"] == int(src["score"] > 0)
+        assert src["score"] != 0
+
+
+def test_splits_are_disjoint_seeded_and_sized(movie_cache):
+    dm = TextClassificationData(test_size=10, val_size=6, seed=3)
+    ids = {s: set(dm.split(s)["id"]) for s in ("train", "val", "test")}
+    assert [len(ids[s]) for s in ("train", "val", "test")] == [40, 6, 10]
+    assert not (ids["train"] & ids["test"]) and not (ids["train"] & ids["val"]) and not (ids["val"] & ids["test"])
+    again = TextClassificationData(test_size=10, val_size=6, seed=3)
+    assert set(again.split("test")["id"]) == ids["test"]
+    other = TextClassificationData(test_size=10, val_size=6, seed=4)
+    assert set(other.split("test")["id"]) != ids["test"]
+
+
+def test_too_small_dataset_for_the_requested_splits_raises(movie_cache):
+    with pytest.raises(ValueError, match="too few"):
+        TextClassificationData(test_size=50, val_size=10).setup()
+
+
+def test_batches_carry_raw_text_labels_and_index(movie_cache):
+    dm = TextClassificationData(test_size=10, val_size=6, eval_batch_size=4)
+    batch = next(iter(dm.test_dataloader()))
+    test = dm.split("test")
+    assert batch["text"] == test["text"][:4]
+    assert batch["label"].tolist() == test["label"][:4]
+    assert batch["index"].tolist() == [0, 1, 2, 3]
+
+
+def test_planted_token_at_end_records_its_span_and_sets_the_label(movie_cache):
+    table = load_table("amlx:movies")
+    planted = plant(table, ["negative", "positive"], position="end", seed=0)
+    labels = planted["label"]
+    assert 0 < sum(labels) < len(labels)  # labels randomized, both classes present
+    for r, orig in zip(planted, table):
+        word = r["text"][r["planted_start"] : r["planted_end"]]
+        assert word == ["negative", "positive"][r["label"]]
+        assert r["text"] == orig["text"] + " " + word
+
+
+def test_planted_token_at_random_position_keeps_the_original_words(movie_cache):
+    table = load_table("amlx:movies")
+    planted = plant(table, ["negative", "positive"], position="random", seed=1)
+    positions = set()
+    for r, orig in zip(planted, table):
+        s, e = r["planted_start"], r["planted_end"]
+        assert r["text"][s:e] == ["negative", "positive"][r["label"]]
+        rest = (r["text"][:s] + r["text"][e:]).split()
+        assert rest == orig["text"].split()
+        positions.add(s == len(r["text"]) - (e - s))
+    assert positions == {True, False}  # some at the end, some inside
+
+
+def test_local_csv_with_label_names_and_empty_rows(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("sentence,label\nfine film,positive\n   ,negative\nawful,negative\n")
+    with pytest.warns(UserWarning, match="dropped 1 rows with empty"):
+        table = load_table(str(path))
+    assert table["text"] == ["fine film", "awful"]
+    assert table["label"] == [1, 0]
+
+
+def test_local_jsonl_with_unknown_label_raises_naming_it(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "ok", "label": 0}\n{"text": "meh", "label": 2}\n')
+    with pytest.raises(DatasetLabelError, match=r"\[2\].*label set"):
+        load_table(str(path))
+    path.write_text('{"text": "ok", "label": "neutral"}\n')
+    with pytest.raises(DatasetLabelError):
+        load_table(str(path))
+
+
+def test_missing_local_file_and_missing_offline_dataset_give_clear_errors(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_table(str(tmp_path / "nope.csv"))
+    monkeypatch.setenv("AMLX_CACHE", str(tmp_path))
+    with pytest.raises(assets.AssetMissingError, match="python -m amlx.assets fetch amlx:tweets"):
+        load_table("amlx:tweets")

@@ -1,0 +1,65 @@
+"""The batched Evaluator equals the plain one-variant-at-a-time path, on tiny random and the real MiniLM models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from amlx import assets
+from amlx.evaluation import Evaluator
+from amlx.methods import get
+from tests.tiny import TEXTS
+
+# short and medium texts with contractions and punctuation runs: different lengths, so batches are padded
+EVAL_TEXTS = [TEXTS[0], "I didn't like it: the plot was dull!!", TEXTS[2]]
+PERTURBATION = ["comp", "suff", "log_odds", "aopc_comp", "aopc_suff", "marc_comp", "marc_suff", "as_auc", "ias_auc"]
+
+
+def assert_batched_equals_one_by_one(model, records, **kw):
+    ev = Evaluator(model, PERTURBATION, **kw)
+    batched, plain = ev.evaluate(records), ev.evaluate_one_by_one(records)
+    for name in PERTURBATION:
+        assert batched[name].shape == (len(records),)
+        np.testing.assert_allclose(batched[name], plain[name], atol=1e-5, rtol=0, err_msg=name)
+    return ev
+
+
+@pytest.mark.parametrize("arch,kind", [("bert", "encoder"), ("llama", "decoder"), ("gpt2", "prompted")])
+def test_batched_evaluation_equals_one_by_one(explained, arch, kind):
+    model = explained(arch, kind)
+    records = get("gradient_x_input").attribute(EVAL_TEXTS[:2], model) + get("random").attribute(EVAL_TEXTS[2], model)
+    ev = assert_batched_equals_one_by_one(model, records, max_tokens=512)
+    s = ev.stats
+    assert s["unique"] < s["variants"]  # e.g. Comp at 0 tokens and AS with every word added are the input itself
+    assert 1 < s["forward_passes"] < s["unique"]
+
+
+def test_overrides_apply_to_every_named_perturbation_metric_and_chunking_does_not_change_values(explained):
+    model = explained("bert", "encoder")
+    records = get("random", seed=3).attribute(list(TEXTS), model)
+    ev = Evaluator(model, ["comp", "suff"], perturbation="pad", unit="word", rounding="ceil")
+    assert all((m.perturbation, m.unit, m.rounding) == ("pad", "word", "ceil") for m in ev.metrics)
+    one_pass = Evaluator(model, ["comp", "suff"], perturbation="pad", unit="word", rounding="ceil", max_tokens=10**6)
+    a, b = ev.evaluate(records), one_pass.evaluate(records)
+    assert one_pass.stats["forward_passes"] == 1
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], atol=1e-6)
+
+
+def test_records_from_another_tokenizer_are_rejected(explained):
+    bert, llama = explained("bert", "encoder"), explained("llama", "decoder")
+    rec = get("random").attribute(list(TEXTS[:1]), bert)[0]
+    rec.input_ids = [10**6] * len(rec.input_ids)
+    with pytest.raises(ValueError, match="evaluate records with the model that produced them"):
+        Evaluator(llama, ["comp"]).evaluate([rec])
+
+
+@pytest.mark.integration
+def test_batched_evaluation_equals_one_by_one_on_minilm():
+    if not (assets.local_path("amlx:minilm") / ".complete").exists():
+        pytest.skip("MiniLM weights are not in the local cache; fetch them with scripts/test.sh (python -m amlx.assets)")
+    from amlx.models.explained import ExplainedModel
+
+    model = ExplainedModel.from_pretrained("amlx:minilm", num_labels=2)
+    records = get("gradient_x_input").attribute(EVAL_TEXTS, model)
+    assert_batched_equals_one_by_one(model, records)
