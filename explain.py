@@ -1,11 +1,21 @@
 """Explain, evaluate and render: ``python explain.py <subcommand> --config configs/....yaml``.
 
-Subcommands: ``main`` (the README's main job).
+Subcommands: ``main`` (the README's main job), ``evaluate`` (methods × metrics table, resumable),
+``explain`` (attributions for texts, a file or a dataset split → terminal, HTML, JSONL).
 """
 
 from jsonargparse import CLI
 
+from amlx.jobs.evaluate import evaluate
 from amlx.main_job import main
 
+COMMANDS = {"main": main, "evaluate": evaluate}
+try:  # the explain job lands with the baselines
+    from amlx.jobs.explain import explain
+
+    COMMANDS["explain"] = explain
+except ImportError:  # pragma: no cover
+    pass
+
 if __name__ == "__main__":
-    CLI({"main": main}, as_positional=False)
+    CLI(COMMANDS, as_positional=False)

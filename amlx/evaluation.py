@@ -61,7 +61,9 @@ class Evaluator:
         names = [m.name for m in self.metrics]
         if len(set(names)) != len(names):
             raise ValueError(f"metric names must be unique in one Evaluator, got {names}")
-        self.stats: dict[str, int] = {}
+        self.stats: dict[
+            str, int
+        ] = {}  # after evaluate(): records, variants, unique (variants), forward_passes
 
     @property
     def perturbation_metrics(self) -> list[PerturbationMetric]:
@@ -78,7 +80,9 @@ class Evaluator:
             for rec in records:
                 ids = torch.tensor(rec.input_ids)
                 parts = [ids[None]] + [
-                    build_variants(ids, m.keep_masks(rec), m.perturbation, replacement_id(self.model, m.perturbation))
+                    build_variants(
+                        ids, m.keep_masks(rec), m.perturbation, replacement_id(self.model, m.perturbation)
+                    )
                     for m in pmetrics
                 ]
                 starts = n_rows + np.cumsum([0] + [len(p) for p in parts])
@@ -86,12 +90,14 @@ class Evaluator:
                 rows.append(torch.cat(parts))
                 n_rows = int(starts[-1])
             width = max(r.shape[1] for r in rows)
-            allrows = torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[1]), value=FILL) for r in rows])
+            allrows = torch.cat(
+                [torch.nn.functional.pad(r, (0, width - r.shape[1]), value=FILL) for r in rows]
+            )
             unique, inverse = torch.unique(allrows, dim=0, return_inverse=True)
-            probs = self._forward(unique).double().numpy()  # [unique, classes]
-            p_all = probs[inverse.numpy()]  # [rows, classes]
+            probs, passes = self._forward(unique)
+            p_all = probs.double().numpy()[inverse.numpy()]  # [rows, classes]
             self.stats = {"records": len(records), "variants": len(allrows), "unique": len(unique),
-                          "forward_passes": self.stats.get("forward_passes", 0)}  # fmt: skip
+                          "forward_passes": passes}  # fmt: skip
             for r, (rec, (orig, sl)) in enumerate(zip(records, slices)):
                 p0 = p_all[orig, rec.target]
                 for m, s in zip(pmetrics, sl):
@@ -105,11 +111,14 @@ class Evaluator:
         """Reference path: every metric on every record, each variant through the model alone."""
         if self.perturbation_metrics:
             self._check(records)
-        return {m.name: np.array([m(rec, self.model) for rec in records], dtype=np.float64) for m in self.metrics}
+        return {
+            m.name: np.array([m(rec, self.model) for rec in records], dtype=np.float64) for m in self.metrics
+        }
 
     @torch.inference_mode()
-    def _forward(self, rows: Tensor) -> Tensor:
-        """Class probabilities [rows, classes] of FILL-padded id rows, shortest first, ≤ max_tokens per pass."""
+    def _forward(self, rows: Tensor) -> tuple[Tensor, int]:
+        """Class probabilities [rows, classes] of FILL-padded id rows (shortest first, ≤ max_tokens per pass), and
+        the number of forward passes."""
         lengths = (rows != FILL).sum(1)
         order = torch.argsort(lengths, stable=True)
         out = torch.empty(len(rows), self.model.num_labels, dtype=torch.float32)
@@ -125,11 +134,12 @@ class Evaluator:
             chunk = rows[idx, :width]
             attention = (chunk != FILL).long()
             ids = chunk.masked_fill(chunk == FILL, pad_id).to(self.model.device)
-            out[idx] = self.model.probs(input_ids=ids, attention_mask=attention.to(self.model.device)).float().cpu()
+            out[idx] = (
+                self.model.probs(input_ids=ids, attention_mask=attention.to(self.model.device)).float().cpu()
+            )
             passes += 1
             i = j
-        self.stats["forward_passes"] = passes
-        return out
+        return out, passes
 
     def _check(self, records: Sequence[Attribution]) -> None:
         vocab = self.model.embedding_layer.num_embeddings

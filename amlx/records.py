@@ -100,9 +100,13 @@ class Attribution:
                 "attribution (check its numerics, e.g. a division by zero or an fp16 overflow)"
             )
         if not 0 <= self.target < len(self.probs):
-            raise ValueError(f"{self.where()}: target {self.target} is not a class of probs ({len(self.probs)} classes)")
+            raise ValueError(
+                f"{self.where()}: target {self.target} is not a class of probs ({len(self.probs)} classes)"
+            )
         if self.word_ids.max(initial=-1) >= len(self.word_spans):
-            raise ValueError(f"{self.where()}: word_ids refer to word {self.word_ids.max()} of {len(self.word_spans)}")
+            raise ValueError(
+                f"{self.where()}: word_ids refer to word {self.word_ids.max()} of {len(self.word_spans)}"
+            )
 
     def where(self) -> str:
         """'method <name> on example <id or text start>', for error messages."""
@@ -174,7 +178,9 @@ def check_schema(schema: str | None, where: str = "record") -> None:
             f"{where} has schema {schema!r}, but this amlx reads only {SCHEMA!r}; it was written by another amlx "
             "version — upgrade amlx (pip install -U amlx) or re-run the method to regenerate the file"
         )
-    raise SchemaError(f"{where} is not an amlx attribution record (schema field {schema!r}, expected {SCHEMA!r})")
+    raise SchemaError(
+        f"{where} is not an amlx attribution record (schema field {schema!r}, expected {SCHEMA!r})"
+    )
 
 
 def save_jsonl(records: list[Attribution], path: str | Path, append: bool = False) -> Path:
@@ -242,4 +248,3 @@ def records_from_encoded(
             )
         )
     return out
-

@@ -12,7 +12,17 @@ from tests.tiny import TEXTS
 
 # short and medium texts with contractions and punctuation runs: different lengths, so batches are padded
 EVAL_TEXTS = [TEXTS[0], "I didn't like it: the plot was dull!!", TEXTS[2]]
-PERTURBATION = ["comp", "suff", "log_odds", "aopc_comp", "aopc_suff", "marc_comp", "marc_suff", "as_auc", "ias_auc"]
+PERTURBATION = [
+    "comp",
+    "suff",
+    "log_odds",
+    "aopc_comp",
+    "aopc_suff",
+    "marc_comp",
+    "marc_suff",
+    "as_auc",
+    "ias_auc",
+]
 
 
 def assert_batched_equals_one_by_one(model, records, **kw):
@@ -27,10 +37,14 @@ def assert_batched_equals_one_by_one(model, records, **kw):
 @pytest.mark.parametrize("arch,kind", [("bert", "encoder"), ("llama", "decoder"), ("gpt2", "prompted")])
 def test_batched_evaluation_equals_one_by_one(explained, arch, kind):
     model = explained(arch, kind)
-    records = get("gradient_x_input").attribute(EVAL_TEXTS[:2], model) + get("random").attribute(EVAL_TEXTS[2], model)
+    records = get("gradient_x_input").attribute(EVAL_TEXTS[:2], model) + get("random").attribute(
+        EVAL_TEXTS[2], model
+    )
     ev = assert_batched_equals_one_by_one(model, records, max_tokens=512)
     s = ev.stats
-    assert s["unique"] < s["variants"]  # e.g. Comp at 0 tokens and AS with every word added are the input itself
+    assert (
+        s["unique"] < s["variants"]
+    )  # e.g. Comp at 0 tokens and AS with every word added are the input itself
     assert 1 < s["forward_passes"] < s["unique"]
 
 
@@ -39,7 +53,9 @@ def test_overrides_apply_to_every_named_perturbation_metric_and_chunking_does_no
     records = get("random", seed=3).attribute(list(TEXTS), model)
     ev = Evaluator(model, ["comp", "suff"], perturbation="pad", unit="word", rounding="ceil")
     assert all((m.perturbation, m.unit, m.rounding) == ("pad", "word", "ceil") for m in ev.metrics)
-    one_pass = Evaluator(model, ["comp", "suff"], perturbation="pad", unit="word", rounding="ceil", max_tokens=10**6)
+    one_pass = Evaluator(
+        model, ["comp", "suff"], perturbation="pad", unit="word", rounding="ceil", max_tokens=10**6
+    )
     a, b = ev.evaluate(records), one_pass.evaluate(records)
     assert one_pass.stats["forward_passes"] == 1
     for name in a:
@@ -57,9 +73,23 @@ def test_records_from_another_tokenizer_are_rejected(explained):
 @pytest.mark.integration
 def test_batched_evaluation_equals_one_by_one_on_minilm():
     if not (assets.local_path("amlx:minilm") / ".complete").exists():
-        pytest.skip("MiniLM weights are not in the local cache; fetch them with scripts/test.sh (python -m amlx.assets)")
+        pytest.skip(
+            "MiniLM weights are not in the local cache; fetch them with scripts/test.sh (python -m amlx.assets)"
+        )
     from amlx.models.explained import ExplainedModel
 
     model = ExplainedModel.from_pretrained("amlx:minilm", num_labels=2)
     records = get("gradient_x_input").attribute(EVAL_TEXTS, model)
     assert_batched_equals_one_by_one(model, records)
+
+
+def test_deleting_every_token_of_an_input_without_specials_leaves_one_mask_token(explained):
+    import torch
+
+    model = explained("gpt2", "decoder")  # GPT-2 adds no special tokens
+    rec = get("random").attribute(["bad"], model)[0]
+    assert rec.attributable.all()
+    alone = torch.tensor([[model.mask_token_id]])
+    p_alone = float(model.probs(input_ids=alone, attention_mask=torch.ones_like(alone))[0, rec.target])
+    suff = Evaluator(model, ["suff"]).evaluate([rec])["suff"][0]
+    assert suff == pytest.approx(rec.probs[rec.target] - p_alone, abs=1e-5)

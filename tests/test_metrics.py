@@ -49,8 +49,16 @@ def test_registry_lists_every_schema_metric_with_a_direction():
     schema = ["suff", "comp", "log_odds", "aopc_suff", "aopc_comp", "as_auc", "ias_auc", "gt_overlap",
               "mean_rank_pct", "token_f1", "iou_f1", "auprc", "spearman_cascading"]  # fmt: skip
     assert set(schema) <= set(metrics.names())
-    lower = {"suff", "log_odds", "aopc_suff", "ias_auc", "mean_rank_pct", "spearman_cascading", "spearman_independent",
-             "marc_suff"}
+    lower = {
+        "suff",
+        "log_odds",
+        "aopc_suff",
+        "ias_auc",
+        "mean_rank_pct",
+        "spearman_cascading",
+        "spearman_independent",
+        "marc_suff",
+    }
     for name in metrics.names():
         assert metrics.direction(name) == ("lower" if name in lower else "higher"), name
     with pytest.raises(KeyError, match="registered metrics"):
@@ -100,8 +108,12 @@ def test_activation_auc_adds_words_to_a_fully_masked_input(rec, model):
 def test_perturbation_modes_delete_mask_pad_differ_by_replacement_weight(rec, model):
     rest = without(["good", "great"])
     assert value("comp", rec, model, perturbation="delete") == pytest.approx(P_X - p(rest), abs=1e-6)
-    assert value("comp", rec, model, perturbation="mask") == pytest.approx(P_X - p(["[MASK]"] * 2 + rest), abs=1e-6)
-    assert value("comp", rec, model, perturbation="pad") == pytest.approx(P_X - p(["[PAD]"] * 2 + rest), abs=1e-6)
+    assert value("comp", rec, model, perturbation="mask") == pytest.approx(
+        P_X - p(["[MASK]"] * 2 + rest), abs=1e-6
+    )
+    assert value("comp", rec, model, perturbation="pad") == pytest.approx(
+        P_X - p(["[PAD]"] * 2 + rest), abs=1e-6
+    )
     # [MASK] weighs −0.5 and [PAD] +0.25: mask removes more evidence for "positive" than delete, pad less
     assert WEIGHTS["[MASK]"] < 0 < WEIGHTS["[PAD]"]
 
@@ -146,9 +158,21 @@ def test_true_weights_beat_random_and_reversed_rankings_on_every_faithfulness_me
     texts = ["good great fun movie the plot was slow dull bad", "the bad movie was awful and dull and slow .",
              "a great fun plot , good movie", "slow and dull , the plot was bad"]  # fmt: skip
     true = [bow_record(model, t) for t in texts]
-    reverse = [bow_record(model, t, scores=-r.scores[r.attributable], target=r.target) for t, r in zip(texts, true)]
+    reverse = [
+        bow_record(model, t, scores=-r.scores[r.attributable], target=r.target) for t, r in zip(texts, true)
+    ]
     rand = get("random", seed=0).attribute(texts, model)
-    names = ["comp", "suff", "log_odds", "aopc_comp", "aopc_suff", "marc_comp", "marc_suff", "as_auc", "ias_auc"]
+    names = [
+        "comp",
+        "suff",
+        "log_odds",
+        "aopc_comp",
+        "aopc_suff",
+        "marc_comp",
+        "marc_suff",
+        "as_auc",
+        "ias_auc",
+    ]
     ev = Evaluator(model, names)
     t, r, v = ev.evaluate(true), ev.evaluate(rand), ev.evaluate(reverse)
     for name in names:
@@ -175,7 +199,9 @@ def test_token_f1_iou_f1_and_auprc(model):
     # predicted span [good great] has IoU 1/2 with [good]: P = 1/1, R = 1/2
     assert metrics.get("iou_f1")(r) == pytest.approx(2 * 1 * 0.5 / 1.5)
     assert metrics.get("iou_f1", k=30)(r) == 0.0  # IoU 1/3 < 0.5
-    assert metrics.get("auprc")(r) == pytest.approx(0.5 * 1 / 1 + 0.5 * 2 / 8)  # good at rank 1, slow at rank 8
+    assert metrics.get("auprc")(r) == pytest.approx(
+        0.5 * 1 / 1 + 0.5 * 2 / 8
+    )  # good at rank 1, slow at rank 8
     tied = bow_record(model, TEXT, scores=[1.0] * 10, ground_truth=["good", "slow"])
     assert metrics.get("auprc")(tied) == pytest.approx(0.2)  # one threshold: precision = prevalence
 

@@ -196,6 +196,7 @@ class AMLAttributor(L.LightningModule):
         if freeze_word_embeddings:
             self.backbone.get_input_embeddings().weight.requires_grad_(False)
         self.max_length = self._max_length(max_length)
+        self.train()  # from_pretrained leaves the backbone in eval mode; Lightning keeps modules' modes
 
     def _max_length(self, requested: int) -> int:
         n = getattr(self.backbone.config, "max_position_embeddings", None) or requested

@@ -28,7 +28,9 @@ class Metric:
 
     name: ClassVar[str]
     direction: ClassVar[str]
-    kind: ClassVar[str] = "agreement"  # "perturbation" (needs the model) | "agreement" | "sanity" (re-runs a method)
+    kind: ClassVar[str] = (
+        "agreement"  # "perturbation" (needs the model) | "agreement" | "sanity" (re-runs a method)
+    )
 
     def __call__(self, record: Attribution, model=None) -> float:
         raise NotImplementedError

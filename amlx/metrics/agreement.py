@@ -21,6 +21,8 @@ from amlx.records import Attribution
 class AgreementMetric(Metric):
     """Scores attributable tokens against ``record.ground_truth``; subclasses implement ``score``."""
 
+    kind = "agreement"
+
     def __call__(self, record: Attribution, model=None) -> float:
         if record.ground_truth is None:
             raise ValueError(

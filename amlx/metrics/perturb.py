@@ -3,7 +3,8 @@
 Vocabulary. A *unit* is a token (``unit="token"``) or a word (``unit="word"``: all attributable tokens of a word;
 an attributable token outside every word is a unit of its own). Units are ranked by score, ties broken by
 position (earlier first). A *variant* is the record's ``input_ids`` with some units perturbed:
-``delete`` removes their tokens from ``input_ids`` (seed-code default for suff/comp/aopc), ``mask`` replaces them
+``delete`` removes their tokens from ``input_ids`` (seed-code default for suff/comp/aopc; a variant left
+empty becomes one mask token, see ``replacement_id``), ``mask`` replaces them
 by the model's ``mask_token_id`` (default for log_odds and AS/IAS), ``pad`` replaces them by the pad id with the
 attention mask kept at 1 (MaRC). Specials and prompt tokens are never perturbed. A variant is a 1-D row of ids
 with full attention; batches of variants are ``[variants, tokens]`` rows right-filled with ``FILL`` (-1).
@@ -39,7 +40,9 @@ def n_units_for(n: int, percent: float, rounding: str = "floor") -> int:
     return min(k, n)
 
 
-def unit_ranks(record: Attribution, unit: str = "token", agg: str = "max", ascending: bool = False) -> tuple[Tensor, int]:
+def unit_ranks(
+    record: Attribution, unit: str = "token", agg: str = "max", ascending: bool = False
+) -> tuple[Tensor, int]:
     """Rank of each token's unit (0 = most attributed; ``ascending`` = least first), -1 where not attributable.
 
     Returns ``(rank: LongTensor [tokens], n_units)``.
@@ -79,12 +82,17 @@ def keep_top(rank: Tensor, counts: Tensor) -> Tensor:
     return (rank < 0) | (rank < counts[:, None])
 
 
-def replacement_id(model, mode: str) -> int | None:
-    """Token id that replaces perturbed tokens in ``mode`` (None for delete)."""
+def replacement_id(model, mode: str) -> int:
+    """Token id that replaces perturbed tokens in ``mode``; for ``delete``, the one token an empty variant becomes.
+
+    Deleting every token of an input without specials (e.g. GPT-2) would leave nothing to classify, so such a
+    variant is a single mask token (pad when the model has no mask id) instead.
+    """
     if mode not in MODES:
         raise ValueError(f"perturbation must be one of {MODES}, got {mode!r}")
     if mode == "delete":
-        return None
+        tid = model.mask_token_id if model.mask_token_id is not None else model.tokenizer.pad_token_id
+        return int(tid)
     tid = model.mask_token_id if mode == "mask" else model.tokenizer.pad_token_id
     if tid is None:
         raise ValueError(
@@ -95,20 +103,25 @@ def replacement_id(model, mode: str) -> int | None:
     return int(tid)
 
 
-def build_variants(input_ids: Tensor, keep: Tensor, mode: str, replace_id: int | None) -> Tensor:
+def build_variants(input_ids: Tensor, keep: Tensor, mode: str, replace_id: int) -> Tensor:
     """Variant rows [variants, tokens] (right-filled with FILL) from ``input_ids`` [tokens] and ``keep`` [variants, tokens]."""
     ids = input_ids[None].expand_as(keep)
     if mode != "delete":
         return torch.where(keep, ids, torch.full_like(ids, replace_id))
     t = keep.shape[1]
-    pos = torch.where(keep, torch.arange(t), torch.full_like(ids, t)).sort(dim=1).values  # kept positions first
-    return torch.cat([input_ids, input_ids.new_full((1,), FILL)])[pos]
+    pos = (
+        torch.where(keep, torch.arange(t), torch.full_like(ids, t)).sort(dim=1).values
+    )  # kept positions first
+    rows = torch.cat([input_ids, input_ids.new_full((1,), FILL)])[pos]
+    rows[~keep.any(1), 0] = replace_id
+    return rows
 
 
-def variant_ids(input_ids: Tensor, keep: Tensor, mode: str, replace_id: int | None) -> Tensor:
+def variant_ids(input_ids: Tensor, keep: Tensor, mode: str, replace_id: int) -> Tensor:
     """One variant the plain way, for the reference path: ``input_ids`` [tokens], ``keep`` [tokens] → ids."""
     if mode == "delete":
-        return input_ids[keep]
+        kept = input_ids[keep]
+        return kept if len(kept) else input_ids.new_full((1,), replace_id)
     return torch.where(keep, input_ids, torch.full_like(input_ids, replace_id))
 
 

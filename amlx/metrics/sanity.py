@@ -36,7 +36,9 @@ def randomizable_layers(model) -> list[tuple[str, nn.Module]]:
             out.append((head, getattr(hf, head)))
     lists = [(n, m) for n, m in hf.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
     if not lists:
-        raise ValueError(f"found no list of transformer blocks in {type(hf).__name__}; cannot randomize layers")
+        raise ValueError(
+            f"found no list of transformer blocks in {type(hf).__name__}; cannot randomize layers"
+        )
     name, blocks = max(lists, key=lambda nm: len(nm[1]))
     out += [(f"{name}.{i}", blocks[i]) for i in reversed(range(len(blocks)))]
     return out

@@ -1,0 +1,1 @@
+"""Jobs behind explain.py subcommands (main, explain, evaluate)."""

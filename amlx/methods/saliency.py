@@ -1,0 +1,43 @@
+"""Saliency (Simonyan et al., 2013): the gradient of the target logit w.r.t. each input embedding, reduced over hidden."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from amlx.methods.base import AttributionMethod, register_method
+from amlx.models.explained import Encoded
+
+REDUCTIONS = ("l2", "l1", "sum")
+
+
+def input_gradients(enc: Encoded, model, target: Tensor) -> tuple[Tensor, Tensor]:
+    """(∂logit_target/∂x, x), both [batch, tokens, hidden], from one batched backward pass."""
+    with torch.enable_grad():
+        x = model.embed(enc.input_ids).detach().requires_grad_(True)
+        logits = model.logits(inputs_embeds=x, attention_mask=enc.attention_mask)  # [batch, classes]
+        chosen = logits.gather(1, target[:, None]).sum()  # rows are independent: one backward for all
+        (grad,) = torch.autograd.grad(chosen, x)
+    return grad.detach(), x.detach()
+
+
+@register_method("saliency")
+class Saliency(AttributionMethod):
+    """Scores = ‖∂logit_target/∂x_i‖ over the hidden dimension: ``l2`` (default), ``l1``, or ``sum`` = Σ_h ∂/∂x_ih.
+
+    ``sum`` is signed (the gradient summed over hidden, MaRC's "Saliency_s"); ``l1``/``l2`` are magnitudes.
+    Cost: one forward and one backward pass per batch.
+    """
+
+    def __init__(self, reduction: str = "l2", internal_batch_size: int = 16) -> None:
+        super().__init__(internal_batch_size)
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"saliency reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
+        self.variant = reduction
+
+    def scores(self, enc: Encoded, model, target: Tensor) -> Tensor:
+        grad, _ = input_gradients(enc, model, target)  # [batch, tokens, hidden]
+        if self.reduction == "sum":
+            return grad.sum(-1)
+        return grad.norm(p=2 if self.reduction == "l2" else 1, dim=-1)

@@ -1,0 +1,91 @@
+"""``explain.py evaluate``: the table, the files it writes, and resuming an interrupted run exactly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from amlx.jobs.evaluate import evaluate, summarize
+from amlx.methods.base import AttributionMethod
+from amlx.records import load_jsonl
+from tests.tiny import tiny_model, tiny_tokenizer
+
+TEXTS = ["a good movie", "bad plot and bad acting", "terrible ending", "really good fun", "dull and weak",
+         "a small gem", "a slow, dull and forgettable sequel", "great music, great cast"]  # fmt: skip
+
+
+@pytest.fixture
+def setup(tmp_path):
+    tok = tiny_tokenizer("bert")
+    model_dir = tmp_path / "model"
+    tiny_model("bert", "encoder", tok).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    data = tmp_path / "data.jsonl"
+    rows = [{"text": t, "label": i % 2} for i, t in enumerate(TEXTS * 3)]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    kw = dict(model=str(model_dir), dataset=str(data), split="test", n=7, chunk_size=3, seed=0, progress=False,
+              metrics=["comp", "suff", "aopc_comp"], methods=["random", "gradient_x_input"], data={"test_size": 8, "val_size": 4})  # fmt: skip
+    return tmp_path, kw
+
+
+def _rows(result):
+    return {(r["method"], r["metric"]): r for r in result["rows"]}
+
+
+def test_summarize_gives_mean_and_normal_ci():
+    mean, ci = summarize([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5
+    assert ci == pytest.approx(1.96 * np.std([1, 2, 3, 4], ddof=1) / 2)
+    assert np.isnan(summarize([])[0])
+
+
+def test_evaluate_writes_table_records_and_scores_that_agree(setup, monkeypatch):
+    tmp_path, kw = setup
+    monkeypatch.chdir(tmp_path)
+    res = evaluate(out_dir=str(tmp_path / "run"), **kw)
+    rows = _rows(res)
+    assert set(rows) == {(m, k) for m in kw["methods"] for k in kw["metrics"]}
+    for (method, metric), row in rows.items():
+        per_example = [r[metric] for r in res["per_example"][method]]
+        assert len(per_example) == 7 and row["n"] == 7
+        assert row["mean"] == pytest.approx(np.mean(per_example))
+        assert row["sec_per_example"] > 0
+    recs = load_jsonl(tmp_path / "run" / "attributions" / "gradient_x_input.jsonl")
+    assert [r.example_id for r in recs] == [str(i) for i in range(7)]
+    table = json.loads((tmp_path / "run" / "table.json").read_text())
+    assert table["setup"]["n_examples"] == 7 and (tmp_path / "run" / "table.md").exists()
+
+
+def test_interrupted_run_resumes_without_recomputing_and_matches(setup, monkeypatch):
+    tmp_path, kw = setup
+    full = evaluate(out_dir=str(tmp_path / "full"), **kw)
+
+    # simulate an interruption after the first chunk of each method: keep 3 of 7 lines
+    part = tmp_path / "part"
+    evaluate(out_dir=str(part), **kw)
+    for sub in ("scores", "attributions"):
+        for f in (part / sub).iterdir():
+            f.write_text("".join(f.read_text().splitlines(keepends=True)[:3]))
+
+    calls = []
+    original = AttributionMethod.attribute
+
+    def counting(self, inputs, model, target=None):
+        calls.append(len(inputs))
+        return original(self, inputs, model, target)
+
+    monkeypatch.setattr(AttributionMethod, "attribute", counting)
+    resumed = evaluate(out_dir=str(part), **kw)
+    assert calls == [3, 1, 3, 1]  # per method: chunks [3,6) and [6,7) only
+    for key, row in _rows(full).items():
+        assert _rows(resumed)[key]["mean"] == pytest.approx(row["mean"], abs=1e-9)
+    assert len(load_jsonl(part / "attributions" / "random.jsonl")) == 7
+
+
+def test_resuming_with_a_different_configuration_is_refused(setup):
+    tmp_path, kw = setup
+    evaluate(out_dir=str(tmp_path / "run"), **kw)
+    with pytest.raises(ValueError, match="different evaluation configuration"):
+        evaluate(out_dir=str(tmp_path / "run"), **{**kw, "seed": 1})
