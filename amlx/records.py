@@ -9,7 +9,7 @@ and the model's original probabilities. Records are saved as JSONL, one record p
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -165,8 +165,10 @@ class Attribution:
     def from_dict(cls, d: dict) -> Attribution:
         """Inverse of ``to_dict``; rejects records of another schema version."""
         check_schema(d.get("schema"))
-        kw = {k: v for k, v in d.items() if k != "schema"}
-        kw["word_spans"] = [tuple(s) for s in kw["word_spans"]]
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}  # unknown fields (later additive versions) are ignored
+        if kw.get("word_spans") is not None:
+            kw["word_spans"] = [tuple(s) for s in kw["word_spans"]]
         return cls(**kw)
 
 
@@ -222,7 +224,7 @@ def records_from_encoded(
 
     Non-attributable positions get score 0, so records never carry meaning outside the text.
     """
-    scores = (scores.detach().float().cpu() * enc.attributable.cpu()).double().numpy()
+    scores = (scores.detach().double().cpu() * enc.attributable.cpu()).numpy()
     lengths = enc.attention_mask.sum(1).tolist()
     secs = seconds if isinstance(seconds, list) else [float(seconds)] * len(enc)
     out = []

@@ -78,16 +78,16 @@ def main(argv: list[str]) -> int:
     if threads:
         torch.set_num_threads(int(threads))
 
-    import transformers
     from importlib.metadata import version
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    import transformers
     from ferret.evaluators.faithfulness_measures import (
         AOPC_Comprehensiveness_Evaluation,
         AOPC_Sufficiency_Evaluation,
     )
     from ferret.explainers.explanation import Explanation
     from ferret.model_utils import ModelHelper
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     with open(in_path) as f:
         spec = json.load(f)

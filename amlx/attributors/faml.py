@@ -23,7 +23,6 @@ import torch
 from torch import Tensor
 
 from amlx.attributors.aml import AMLAttributor
-from amlx.methods.base import _slice
 from amlx.models.explained import Encoded
 
 PARAMS = ("all", "head", "lora")
@@ -150,7 +149,7 @@ class FAML:
         maps, losses = [], []
         for b in range(len(enc)):
             work = self._fresh_copy()
-            row = _slice(enc, slice(b, b + 1))
+            row = enc.select(slice(b, b + 1))
             y_b = y[b : b + 1]
 
             def forward(work=work, row=row, y_b=y_b) -> tuple[Tensor, Tensor]:

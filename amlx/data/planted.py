@@ -6,8 +6,8 @@ must rank it first. The planted span is stored as character offsets ``planted_st
 
 from __future__ import annotations
 
-import numpy as np
 import datasets
+import numpy as np
 
 from amlx.words import word_spans
 

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import datasets
 
-datasets.disable_progress_bars()
-
 from amlx import assets
 
 log = logging.getLogger(__name__)
+datasets.disable_progress_bars()
 
 SENTIMENT_LABELS = ("negative", "positive")
 # amlx: datasets that carry a mean human rating in ``score``; binarized by its sign, neutral (0) dropped.

@@ -26,7 +26,7 @@ from amlx import metrics as metric_registry
 from amlx.data import TextClassificationData
 from amlx.evaluation import DEFAULT_METRICS, Evaluator
 from amlx.models import ExplainedModel
-from amlx.records import load_jsonl, save_jsonl
+from amlx.records import save_jsonl
 from amlx.results import write_results
 
 

@@ -45,7 +45,7 @@ class AttributionMethod:
         out: list[Attribution] = []
         for start in range(0, len(enc), self.internal_batch_size):
             rows = slice(start, start + self.internal_batch_size)
-            chunk = _slice(enc, rows).to(model.device)
+            chunk = enc.select(rows).to(model.device)
             t0 = time.perf_counter()
             with torch.inference_mode():
                 probs = model.probs(input_ids=chunk.input_ids, attention_mask=chunk.attention_mask)
@@ -68,21 +68,6 @@ def resolve_targets(target: Target, n: int, model) -> Tensor | None:
     if len(items) != n:
         raise ValueError(f"got {len(items)} targets for {n} examples; pass one target or one per example")
     return torch.tensor([model.label_index(t) for t in items], dtype=torch.long)
-
-
-def _slice(enc: Encoded, rows: slice) -> Encoded:
-    """Rows of a batch, trimmed to their longest row (right padding)."""
-    am = enc.attention_mask[rows]
-    t = int(am.sum(1).max())
-    return Encoded(
-        input_ids=enc.input_ids[rows, :t],
-        attention_mask=am[:, :t],
-        attributable=enc.attributable[rows, :t],
-        offsets=enc.offsets[rows, :t],
-        word_ids=enc.word_ids[rows, :t],
-        texts=enc.texts[rows],
-        truncated=enc.truncated[rows],
-    )
 
 
 def register_method(name: str):

@@ -70,6 +70,21 @@ class Encoded:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    def select(self, rows: slice | list[int]) -> Encoded:
+        """Rows of the batch, trimmed to their longest row (padding is on the right)."""
+        rows = list(range(len(self)))[rows] if isinstance(rows, slice) else list(rows)
+        am = self.attention_mask[rows]
+        t = int(am.sum(1).max()) if len(rows) else 0
+        return Encoded(
+            input_ids=self.input_ids[rows, :t],
+            attention_mask=am[:, :t],
+            attributable=self.attributable[rows, :t],
+            offsets=self.offsets[rows, :t],
+            word_ids=self.word_ids[rows, :t],
+            texts=[self.texts[i] for i in rows],
+            truncated=[self.truncated[i] for i in rows],
+        )
+
 
 def detect_kind(config) -> str:
     """encoder (has a masked-LM family), decoder (sequence classification head) or prompted (causal LM)."""
