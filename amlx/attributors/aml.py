@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -27,6 +28,7 @@ from amlx.models.explained import Encoded, ExplainedModel
 SPARSITY = ("bce", "l1")
 CONDITIONING = ("soft", "hard")
 CHECKPOINT_KEY = "amlx_aml"
+CHECKPOINT_DIR = "attributors"  # amlx:<name> → <amlx cache>/attributors/<name>.ckpt
 EPS = 1e-6  # keeps log(1 − a) finite when the sigmoid saturates
 
 
@@ -224,6 +226,8 @@ class AMLAttributor(L.LightningModule):
 
     def set_explained(self, model) -> None:
         """Attach the explained model F; it is frozen and kept out of this module's state (see module docstring)."""
+        if self._frozen.model is model:
+            return  # already attached and checked
         model.requires_grad_(False)
         model.eval()
         identity = explained_identity(model)
@@ -367,9 +371,11 @@ class AMLAttributor(L.LightningModule):
 
     @classmethod
     def from_checkpoint(cls, path: str, explained=None, map_location: str | torch.device = "cpu") -> AMLAttributor:
-        """Load a checkpoint with ``torch.load(weights_only=True)``; ``explained`` overrides loading F by name."""
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        hp = dict(ckpt["hyper_parameters"])
+        """Load a checkpoint (a path or an ``amlx:`` name, see ``checkpoint_path``) with ``torch.load(weights_only=True)``;
+        ``explained`` overrides loading F by name."""
+        ckpt = torch.load(resolve_checkpoint(path), map_location=map_location, weights_only=True)
+        # LightningCLI adds "_class_path" / "_instantiator" to the hyperparameters; they are not arguments
+        hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
         hp["num_labels"] = ckpt[CHECKPOINT_KEY]["explained"]["num_labels"]  # so F is loaded lazily, or attached
         model = cls(**hp)
         model.on_load_checkpoint(ckpt)
@@ -377,6 +383,28 @@ class AMLAttributor(L.LightningModule):
         if explained is not None:
             model.set_explained(explained)
         return model
+
+
+def checkpoint_path(name: str) -> Path:
+    """Where an attributor checkpoint lives: ``amlx:<name>`` → ``<amlx cache>/attributors/<name>.ckpt``; a path as is."""
+    if not assets.is_amlx_name(name):
+        return Path(name)
+    key = name[len(assets.PREFIX) :]
+    if not key or "/" in key or key.startswith("."):
+        raise ValueError(f"invalid attributor name {name!r}: use amlx:<name> or a checkpoint path")
+    return assets.cache_dir() / CHECKPOINT_DIR / f"{key}.ckpt"
+
+
+def resolve_checkpoint(name: str) -> str:
+    """An existing checkpoint file for ``name`` (path or ``amlx:`` name); the error says how to make it."""
+    path = checkpoint_path(str(name))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no AML attributor checkpoint at {path} (from {name!r}); train one with "
+            "`python train.py fit --config configs/aml/paml_minilm_movies.yaml` (its MetricCheckpoint exports the "
+            "best checkpoint to amlx:<name>), or pass the path of a .ckpt written by train.py"
+        )
+    return str(path)
 
 
 def _refuse_mismatch(expected: dict, got: dict) -> None:

@@ -3,7 +3,9 @@
 For each instance, a copy of the pretrained θ minimizes the AML loss (λ's fixed from pretraining) for
 ``steps`` Adam steps; the map and the loss are recorded before the first step and after every step, and one
 map is selected: ``loss`` (lowest AML loss, metric-agnostic), ``last``, or ``metric`` — the paper's protocol,
-which picks the step by the very metric it reports (an oracle; results are labelled "oracle-selected").
+which picks the step by the very metric it reports (an oracle; results are labelled "oracle-selected"). A
+registered metric (name or ``amlx.metrics.Metric``) is scored with ``amlx.evaluation.Evaluator`` — every step's
+map of every instance in one batched call, exactly as an evaluation scores the returned record.
 
 Which parameters move: ``all`` (everything pAML trains), ``head`` (the token head only), ``lora`` (a peft
 LoRA adapter on the backbone, plus the head). ``head`` tunes every instance of a batch at once: the backbone
@@ -46,10 +48,11 @@ class FAMLResult:
 class FAML:
     """Fine-tune ``attributor`` on each instance for ``steps`` steps and select a map (module docstring).
 
-    ``metric`` (for ``selection="metric"``) is called as ``metric(record, explained_model) -> float`` on an
-    ``amlx.records.Attribution`` per recorded map, e.g. an ``amlx.metrics`` metric; its ``direction``
-    attribute ('higher' | 'lower' is better) is used unless ``metric_direction`` is given. ``lr`` defaults to
-    the attributor's pretraining lr; ``lora`` is a peft ``LoraConfig`` dict.
+    ``metric`` (for ``selection="metric"``): a registered metric name (``"comp"``) or ``amlx.metrics.Metric``,
+    scored with the batched ``Evaluator``; or any callable ``metric(record, explained_model) -> float`` on an
+    ``amlx.records.Attribution`` per recorded map. Its ``direction`` ('higher' | 'lower' is better) is used
+    unless ``metric_direction`` is given. ``lr`` defaults to the attributor's pretraining lr; ``lora`` is a
+    peft ``LoraConfig`` dict.
     """
 
     def __init__(
@@ -69,6 +72,10 @@ class FAML:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
         if steps < 0:
             raise ValueError(f"steps must be ≥ 0, got {steps}")
+        if isinstance(metric, str):
+            from amlx import metrics
+
+            metric = metrics.get(metric)
         direction = metric_direction or getattr(metric, "direction", None)
         if selection == "metric" and (metric is None or direction not in ("higher", "lower")):
             raise ValueError("selection='metric' needs metric= and its direction ('higher' | 'lower' is better)")
@@ -102,7 +109,8 @@ class FAML:
         elif self.selection == "last":
             step = torch.full((len(enc),), self.steps, dtype=torch.long, device=maps.device)
         else:
-            values = self._metric_values(enc, p, y.argmax(-1), maps)
+            explained_target = p.argmax(-1) if target is None else target.to(p.device)
+            values = self._metric_values(enc, p, explained_target, maps)
             step = (values.argmax(1) if self.higher_is_better else values.argmin(1)).to(maps.device)
         chosen = maps[torch.arange(len(enc), device=maps.device), step]
         label = "oracle-selected" if self.selection == "metric" else self.selection
@@ -183,13 +191,18 @@ class FAML:
     # -------------------------------------------------------------------------------------- selection
     def _metric_values(self, enc: Encoded, probs: Tensor, target: Tensor, maps: Tensor) -> Tensor:
         """The selection metric of every recorded map: [batch, steps + 1]."""
+        from amlx.evaluation import Evaluator
+        from amlx.metrics import Metric
         from amlx.records import records_from_encoded
 
         explained = self.attributor.explained
-        values = torch.empty(maps.shape[:2])
+        recs = []  # step-major: all instances at step 0, then step 1, ...
         for s in range(maps.shape[1]):
-            recs = records_from_encoded(
+            recs += records_from_encoded(
                 enc, explained.tokenizer, maps[:, s], target, probs, explained.labels, "fAML", "oracle-selected"
             )
-            values[:, s] = torch.tensor([float(self.metric(r, explained)) for r in recs])
-        return values
+        if isinstance(self.metric, Metric):
+            flat = Evaluator(explained, [self.metric]).evaluate(recs)[self.metric.name]
+        else:
+            flat = [float(self.metric(r, explained)) for r in recs]
+        return torch.tensor(flat, dtype=torch.float64).reshape(maps.shape[1], len(enc)).T

@@ -40,7 +40,9 @@ class AttentionMethod(AttributionMethod):
 
     def scores(self, enc: Encoded, model, target: Tensor) -> Tensor:
         with torch.inference_mode():
-            att = model.attentions(enc.input_ids, enc.attention_mask)  # layers × [batch, heads, tokens, tokens]
+            att = model.attentions(
+                enc.input_ids, enc.attention_mask
+            )  # layers × [batch, heads, tokens, tokens]
             amap = self.attention_map(tuple(a.float().nan_to_num(0.0) for a in att))
         rows = prediction_rows(enc, model.kind)
         return amap[torch.arange(len(enc), device=amap.device), rows].clone()

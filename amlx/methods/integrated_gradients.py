@@ -7,6 +7,8 @@ and sum the per-dimension attributions over the hidden dimension to get one scor
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from captum.attr import DeepLift, GradientShap, IntegratedGradients
@@ -39,7 +41,9 @@ def reference_embeddings(enc: Encoded, model, baseline: str = "mask") -> Tensor:
     else:
         pad = model.tokenizer.pad_token_id
         if pad is None:
-            raise ValueError(f"{model.name or 'this model'}'s tokenizer has no pad token; use baseline='mask'")
+            raise ValueError(
+                f"{model.name or 'this model'}'s tokenizer has no pad token; use baseline='mask'"
+            )
         ref = model.embedding_layer.weight[pad].detach()
     return torch.where(enc.attributable[..., None], ref.to(x.dtype), x)
 
@@ -54,13 +58,15 @@ class ReferenceMethod(AttributionMethod):
         self.baseline = baseline
 
     def scores(self, enc: Encoded, model, target: Tensor) -> Tensor:
-        x = model.embed(enc.input_ids).detach()
+        x = model.embed(enc.input_ids).detach().requires_grad_(True)
         ref = reference_embeddings(enc, model, self.baseline)
         with torch.enable_grad():
             attr = self.embedding_attributions(LogitsFromEmbeds(model), x, ref, enc.attention_mask, target)
         return attr.detach().sum(-1)
 
-    def embedding_attributions(self, forward: nn.Module, x: Tensor, ref: Tensor, mask: Tensor, target: Tensor) -> Tensor:
+    def embedding_attributions(
+        self, forward: nn.Module, x: Tensor, ref: Tensor, mask: Tensor, target: Tensor
+    ) -> Tensor:
         """Attributions [batch, tokens, hidden] of the target logit to the embeddings ``x`` against ``ref``."""
         raise NotImplementedError
 
@@ -108,7 +114,12 @@ class GradientShapMethod(ReferenceMethod):
     """
 
     def __init__(
-        self, baseline: str = "mask", n_samples: int = 20, stdevs: float = 0.0, seed: int = 0, internal_batch_size: int = 16
+        self,
+        baseline: str = "mask",
+        n_samples: int = 20,
+        stdevs: float = 0.0,
+        seed: int = 0,
+        internal_batch_size: int = 16,
     ) -> None:
         super().__init__(baseline, internal_batch_size)
         self.n_samples, self.stdevs, self.seed = n_samples, stdevs, seed
@@ -123,8 +134,12 @@ class GradientShapMethod(ReferenceMethod):
             try:
                 rows = [
                     explainer.attribute(
-                        x[b : b + 1], baselines=ref[b : b + 1], target=target[b : b + 1],
-                        additional_forward_args=(mask[b : b + 1],), n_samples=self.n_samples, stdevs=self.stdevs,
+                        x[b : b + 1],
+                        baselines=ref[b : b + 1],
+                        target=target[b : b + 1],
+                        additional_forward_args=(mask[b : b + 1],),
+                        n_samples=self.n_samples,
+                        stdevs=self.stdevs,
                     )  # fmt: skip
                     for b in range(len(x))
                 ]
@@ -148,7 +163,13 @@ class DeepLiftMethod(ReferenceMethod):
 
     def embedding_attributions(self, forward, x, ref, mask, target):
         try:
-            return DeepLift(forward).attribute(x, baselines=ref, target=target, additional_forward_args=(mask,))
+            with warnings.catch_warnings():
+                warnings.filterwarnings(
+                    "ignore", message="Setting forward, backward hooks"
+                )  # captum's notice
+                return DeepLift(forward).attribute(
+                    x, baselines=ref, target=target, additional_forward_args=(mask,)
+                )
         except (RuntimeError, AssertionError, TypeError, ValueError, AttributeError) as e:
             name = forward.model.name or type(forward.model.hf).__name__
             raise NotImplementedError(

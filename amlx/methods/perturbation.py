@@ -82,7 +82,10 @@ class LeastSquares(Model):
         rhs = (y.reshape(-1) * w.sqrt())[:, None]
         if self.ridge > 0:
             penalty = math.sqrt(self.ridge) * torch.eye(x.shape[1], x.shape[1] + 1, dtype=x.dtype)
-            design, rhs = torch.cat([design, penalty]), torch.cat([rhs, torch.zeros(x.shape[1], 1, dtype=x.dtype)])
+            design, rhs = (
+                torch.cat([design, penalty]),
+                torch.cat([rhs, torch.zeros(x.shape[1], 1, dtype=x.dtype)]),
+            )
         beta = torch.linalg.lstsq(design, rhs, driver="gelsd").solution[:, 0]
         self.coef, self.intercept = beta[:-1].float()[None], beta[-1].float()
 
@@ -96,7 +99,9 @@ class LeastSquares(Model):
 class PerturbationMethod(AttributionMethod):
     """Shared part: unit construction, the explained output, and token scores from per-example unit scores."""
 
-    def __init__(self, output: str = "prob", perturbations_per_eval: int = 64, internal_batch_size: int = 16) -> None:
+    def __init__(
+        self, output: str = "prob", perturbations_per_eval: int = 64, internal_batch_size: int = 16
+    ) -> None:
         super().__init__(internal_batch_size)
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
@@ -109,7 +114,9 @@ class PerturbationMethod(AttributionMethod):
     def explained_output(self, model, input_ids: Tensor, attention_mask: Tensor, target: Tensor) -> Tensor:
         """The explained quantity [rows] of rows ``input_ids`` [rows, tokens], in passes of perturbations_per_eval."""
         out = []
-        for ids, am, tgt in zip(*(t.split(self.perturbations_per_eval) for t in (input_ids, attention_mask, target))):
+        for ids, am, tgt in zip(
+            *(t.split(self.perturbations_per_eval) for t in (input_ids, attention_mask, target))
+        ):
             logits = model.logits(input_ids=ids, attention_mask=am).float()
             values = logits.softmax(-1) if self.output == "prob" else logits
             out.append(values.gather(1, tgt[:, None])[:, 0])
@@ -122,10 +129,14 @@ class PerturbationMethod(AttributionMethod):
         for b, n in enumerate(enc.attention_mask.sum(1).tolist()):
             pos = (units[b, :n] >= 0).nonzero().flatten()
             if len(pos):
-                scores[b, pos] = self.token_scores(model, enc.input_ids[b, :n], pos, units[b, pos], mask_id, target[b])
+                scores[b, pos] = self.token_scores(
+                    model, enc.input_ids[b, :n], pos, units[b, pos], mask_id, target[b]
+                )
         return scores
 
-    def token_scores(self, model, ids: Tensor, pos: Tensor, units: Tensor, mask_id: int, target: Tensor) -> Tensor:
+    def token_scores(
+        self, model, ids: Tensor, pos: Tensor, units: Tensor, mask_id: int, target: Tensor
+    ) -> Tensor:
         """Scores [len(pos)] of one example's attributable positions ``pos`` (unit ``units``) in ``ids`` [tokens]."""
         raise NotImplementedError
 
@@ -137,7 +148,9 @@ class Occlusion(PerturbationMethod):
     Cost: 1 + n_words forward rows per example, all variants of a batch in passes of ``perturbations_per_eval``.
     """
 
-    def __init__(self, output: str = "prob", perturbations_per_eval: int = 64, internal_batch_size: int = 16) -> None:
+    def __init__(
+        self, output: str = "prob", perturbations_per_eval: int = 64, internal_batch_size: int = 16
+    ) -> None:
         super().__init__(output, perturbations_per_eval, internal_batch_size)
         self.variant = output
 
@@ -165,7 +178,6 @@ class Occlusion(PerturbationMethod):
 class CaptumSurrogate(PerturbationMethod):
     """Shared part of the captum wrappers: one captum call per example on its attributable ids."""
 
-
     def __init__(
         self, n_samples: int, output: str = "prob", perturbations_per_eval: int = 64, seed: int = 0,
         internal_batch_size: int = 16,
@@ -179,16 +191,23 @@ class CaptumSurrogate(PerturbationMethod):
 
     def token_scores(self, model, ids, pos, units, mask_id, target):
         ones = torch.ones(1, len(ids), dtype=torch.long, device=ids.device)
-        if int(units.max()) == 0:  # one player: its Shapley value (and any surrogate's slope) is f(x) − f(masked)
+        if (
+            int(units.max()) == 0
+        ):  # one player: its Shapley value (and any surrogate's slope) is f(x) − f(masked)
             out = self.explained_output(
-                model, torch.stack([ids, ids.index_fill(0, pos, mask_id)]), ones.repeat(2, 1), target.repeat(2)
+                model,
+                torch.stack([ids, ids.index_fill(0, pos, mask_id)]),
+                ones.repeat(2, 1),
+                target.repeat(2),
             )
             return (out[0] - out[1]).repeat(len(pos))
 
         def forward(sub_ids: Tensor) -> Tensor:  # [rows, len(pos)] → explained output [rows]
             full = ids.repeat(len(sub_ids), 1)
             full[:, pos] = sub_ids
-            return self.explained_output(model, full, ones.repeat(len(sub_ids), 1), target.repeat(len(sub_ids)))
+            return self.explained_output(
+                model, full, ones.repeat(len(sub_ids), 1), target.repeat(len(sub_ids))
+            )
 
         with seeded(self.seed):
             attr = self.make_explainer(forward).attribute(

@@ -81,7 +81,9 @@ def pooled_distribution(p_mask: np.ndarray) -> np.ndarray:
     i, j = _grid(n)
     valid = _valid(i, j, n)
     m = np.zeros((n + 2, n + 2))  # m[j, i], one row/column of zero padding for H[p+1, q+1]
-    m[: n + 1, : n + 1] = np.where(valid, p_mask / np.where(valid, (i + n - j) * comb(j - 1, i - 1), 1.0), 0.0).T
+    m[: n + 1, : n + 1] = np.where(
+        valid, p_mask / np.where(valid, (i + n - j) * comb(j - 1, i - 1), 1.0), 0.0
+    ).T
     h = np.zeros((n + 3, n + 2))
     for p in range(n, 0, -1):
         h[p, :-1] = m[p, :-1] + h[p + 1, :-1] + h[p + 1, 1:]

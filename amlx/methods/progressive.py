@@ -38,8 +38,10 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
 class UnitLayout:
     """Where the n units of one example sit. Positions index the example's tokens."""
 
-    token_units: np.ndarray  # int [tokens]: unit (0..n−1) of each token, −1 for tokens in no unit (never masked)
-    read: np.ndarray  # int [n]: position whose prediction closes each unit: its last token; the final one for the last
+    token_units: np.ndarray  # int [tokens]: unit (0..n−1) of each text token, −1 elsewhere (never masked)
+    read: (
+        np.ndarray
+    )  # int [n]: where each unit is read: its last token (the final position for the last unit)
     before: int  # last position before the first unit (BOS, prompt), −1 when the text starts the input
 
     @property
@@ -48,7 +50,10 @@ class UnitLayout:
 
 
 def unit_layout(enc: Encoded, b: int, unit: str) -> UnitLayout:
-    """The units of example ``b`` of ``enc``: words (``Encoded.word_ids``), sentences or attributable tokens."""
+    """The units of example ``b``: words (``Encoded.word_ids``), sentences or attributable tokens.
+
+    Text tokens in no word or sentence (whitespace-only pieces) join the next unit (the previous one at the end).
+    """
     attributable = enc.attributable[b].cpu().numpy()
     if unit == "word":
         raw = enc.word_ids[b].cpu().numpy()
@@ -59,14 +64,36 @@ def unit_layout(enc: Encoded, b: int, unit: str) -> UnitLayout:
     ids = np.unique(raw[raw >= 0])
     if len(ids) == 0:
         raise ValueError(f"example {enc.texts[b][:40]!r} has no {unit} to attribute")
+    raw = _attach_loose_tokens(raw, attributable)
     token_units = np.where(raw >= 0, np.searchsorted(ids, raw), -1)
     positions = np.arange(len(raw))
     read = np.array([positions[token_units == u].max() for u in range(len(ids))])
     if np.any(np.diff(read) <= 0):
         raise ValueError(f"the {unit}s of example {enc.texts[b][:40]!r} are not in token order")
-    read[-1] = int(last_positions(enc.attention_mask[b : b + 1].cpu())[0])  # so that f(all) is the real prediction
+    read[-1] = int(last_positions(enc.attention_mask[b : b + 1].cpu())[0])  # f(all) = the real prediction
     first = int(positions[token_units == 0].min())
     return UnitLayout(token_units, read, first - 1)
+
+
+def _attach_loose_tokens(raw: np.ndarray, attributable: np.ndarray) -> np.ndarray:
+    """Give attributable tokens in no unit (whitespace-only pieces such as "▁") the next unit, else the previous.
+
+    So every text token is masked with some unit and prefix values stay a function of the active units.
+    """
+    out = raw.copy()
+    following = -1
+    for t in range(len(out) - 1, -1, -1):
+        if out[t] >= 0:
+            following = out[t]
+        elif attributable[t]:
+            out[t] = following
+    preceding = -1
+    for t in range(len(out)):
+        if out[t] >= 0:
+            preceding = out[t]
+        elif attributable[t]:
+            out[t] = preceding
+    return out
 
 
 class ProgressiveInference(AttributionMethod):
@@ -81,10 +108,18 @@ class ProgressiveInference(AttributionMethod):
     default_empty = "auto"
 
     def __init__(
-        self, unit: str = "word", output: str = "prob", empty: str | None = None, internal_batch_size: int = 16
+        self,
+        unit: str = "word",
+        output: str = "prob",
+        empty: str | None = None,
+        internal_batch_size: int = 16,
     ) -> None:
         super().__init__(internal_batch_size)
-        for name, value, allowed in (("unit", unit, UNITS), ("output", output, OUTPUTS), ("empty", empty, EMPTY)):
+        for name, value, allowed in (
+            ("unit", unit, UNITS),
+            ("output", output, OUTPUTS),
+            ("empty", empty, EMPTY),
+        ):
             if value is not None and value not in allowed:
                 raise ValueError(f"{type(self).__name__}: {name} must be one of {allowed}, got {value!r}")
         self.unit, self.output = unit, output
@@ -111,7 +146,12 @@ class ProgressiveInference(AttributionMethod):
         raise NotImplementedError
 
     def run_rows(
-        self, enc: Encoded, model, target: Tensor, layouts: list[UnitLayout], rows: list[tuple[int, np.ndarray]]
+        self,
+        enc: Encoded,
+        model,
+        target: Tensor,
+        layouts: list[UnitLayout],
+        rows: list[tuple[int, np.ndarray]],
     ) -> list[np.ndarray]:
         """Values at every position for each (example, active units bool [n]) row: float64 [tokens] each.
 
@@ -131,9 +171,13 @@ class ProgressiveInference(AttributionMethod):
                     np.stack([_token_active(layouts[b], active)[:t] for b, active in chunk])
                 ).to(embeds.device)
                 x = torch.where(keep[..., None], embeds[ex, :t], m)
-                logits = model.position_logits(inputs_embeds=x, attention_mask=enc.attention_mask[ex, :t].to(x.device))
+                logits = model.position_logits(
+                    inputs_embeds=x, attention_mask=enc.attention_mask[ex, :t].to(x.device)
+                )
                 values = logits.float().softmax(-1) if self.output == "prob" else logits.float()
-                picked = values.gather(2, target[ex].to(values.device)[:, None, None].expand(-1, t, 1))[..., 0]
+                picked = values.gather(2, target[ex].to(values.device)[:, None, None].expand(-1, t, 1))[
+                    ..., 0
+                ]
                 out += list(picked.double().cpu().numpy())
         return out
 
@@ -218,8 +262,15 @@ class MultiPassPI(ProgressiveInference):
         return self.budget if self.budget is not None else math.ceil(self.budget_per_unit * n)
 
     def unit_scores(self, enc: Encoded, model, target: Tensor, layouts: list[UnitLayout]) -> list[np.ndarray]:
-        dists = {lay.n: mask_distribution(lay.n, self.max_n, self.disk_cache) for lay in layouts if lay.n >= 2}
-        sampled = [(b, z) for b, lay in enumerate(layouts) if lay.n >= 2 for z in dists[lay.n].sample(self.passes(lay.n), self.rng)]  # fmt: skip
+        dists = {
+            lay.n: mask_distribution(lay.n, self.max_n, self.disk_cache) for lay in layouts if lay.n >= 2
+        }
+        sampled = [
+            (b, z)
+            for b, lay in enumerate(layouts)
+            if lay.n >= 2
+            for z in dists[lay.n].sample(self.passes(lay.n), self.rng)
+        ]
         plain = [(b, np.ones(lay.n, dtype=bool)) for b, lay in enumerate(layouts)]
         masked_rows = self.empty_rows(layouts)
         values = self.run_rows(enc, model, target, layouts, plain + masked_rows + sampled)

@@ -1,0 +1,93 @@
+"""The ``explain`` job: attribute texts with one or more methods, save JSONL, write an HTML page, print to the terminal."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from amlx import methods as method_registry
+from amlx import render
+from amlx.models.explained import ExplainedModel
+from amlx.records import Attribution, save_jsonl
+
+log = logging.getLogger(__name__)
+
+
+def load_texts(
+    texts: list[str] | None, file: str | None, dataset: str | None, split: str, n: int, seed: int
+) -> tuple[list[str], list[str], list[int | None]]:
+    """(texts, example ids, gold labels or None) from exactly one source: a list, a text file, or a dataset split."""
+    given = [name for name, v in (("texts", texts), ("file", file), ("dataset", dataset)) if v]
+    if len(given) != 1:
+        raise ValueError(
+            f"give exactly one source of texts (texts=[...], file=PATH with one text per line, or dataset=NAME); "
+            f"got {given or 'none'}"
+        )
+    if texts:
+        return list(texts), [str(i) for i in range(len(texts))], [None] * len(texts)
+    if file:
+        lines = [line.strip() for line in Path(file).read_text(encoding="utf-8").splitlines()]
+        kept = [(i, t) for i, t in enumerate(lines, 1) if t]
+        return [t for _, t in kept], [f"{file}:{i}" for i, _ in kept], [None] * len(kept)
+    from amlx.data import TextClassificationData
+
+    rows = TextClassificationData(dataset=dataset, seed=seed).split(split)
+    rows = rows.select(range(min(n, len(rows))))
+    return list(rows["text"]), [f"{dataset}/{split}/{i}" for i in rows["index"]], list(rows["label"])
+
+
+def explain(
+    model: str,
+    methods: list[str] = ["gradient_x_input"],  # noqa: B006  (jsonargparse reads the default from the signature)
+    texts: list[str] | None = None,
+    file: str | None = None,
+    dataset: str | None = None,
+    split: str = "test",
+    n: int = 10,
+    seed: int = 0,
+    method_options: dict[str, dict] | None = None,
+    out_dir: str = "outputs/explain",
+    html: bool = True,
+    terminal: bool = True,
+    kind: str = "auto",
+) -> list[Attribution]:
+    """Explain the model's predictions on the given texts with each method; save ``attributions.jsonl`` (+ ``.html``).
+
+    Args:
+        model: explained model (``amlx:`` name, local folder or hub name), loaded by ``ExplainedModel.from_pretrained``.
+        methods: registered method names (``amlx.methods.names()``), run in this order.
+        texts: texts to explain (give exactly one of texts, file and dataset).
+        file: a UTF-8 text file with one text per line (blank lines skipped).
+        dataset: a dataset name; the first ``n`` rows of ``split`` of
+            ``amlx.data.TextClassificationData(dataset=..., seed=seed)`` are explained.
+        split: dataset split (train | val | test).
+        n: number of dataset rows.
+        seed: the data module's split seed.
+        method_options: per method name, keyword options for its constructor, e.g. ``{"lime": {"n_samples": 500}}``.
+        out_dir: folder for ``attributions.jsonl`` and ``attributions.html``.
+        html: write the HTML page.
+        terminal: print the coloured terminal view.
+        kind: explained-model kind (auto | encoder | decoder | prompted).
+    """
+    method_options = method_options or {}
+    unknown = sorted(set(method_options) - set(methods))
+    if unknown:
+        raise ValueError(f"method_options for {unknown}, which are not in methods={methods}")
+    explained = ExplainedModel.from_pretrained(model, kind=kind)
+    batch, ids, labels = load_texts(texts, file, dataset, split, n, seed)
+    enc = explained.encode(batch)
+    records: list[Attribution] = []
+    for name in methods:
+        recs = method_registry.get(name, **method_options.get(name, {})).attribute(enc, explained)
+        for r, example_id, label in zip(recs, ids, labels):
+            r.example_id = example_id
+            r.meta.update(model=model, **({"label": label} if label is not None else {}))
+        log.info("%s: %.3f s per example", name, sum(r.seconds for r in recs) / len(recs))
+        records += recs
+    out = Path(out_dir)
+    save_jsonl(records, out / "attributions.jsonl")
+    if html:
+        render.to_html(records, out / "attributions.html", title=f"amlx attributions: {model}")
+    if terminal:
+        render.to_terminal(records)
+    return records
