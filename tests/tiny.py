@@ -65,14 +65,32 @@ GPT2_EOS = "<|endoftext|>"
 MODEL_MAX_LENGTH = 128
 
 
+SUFFIXES = ("##s", "##ed", "##ing", "##ly", "##able", "##er", "##est", "##n't", "##'s")
+
+
+def _wordpiece_vocab() -> dict[str, int]:
+    """A deterministic WordPiece vocabulary: specials, characters, ##characters, a few suffixes, corpus words.
+
+    (The tokenizers library's WordPiece and Unigram trainers break frequency ties differently from process to
+    process, which would make the tiny models differ between runs; BPE training is deterministic.)
+    """
+    norm, pre = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words: set[str] = set()
+    for line in CORPUS:
+        words.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(line)))
+    chars = sorted({c for w in words for c in w})
+    pieces = list(BERT_SPECIALS) + chars + [f"##{c}" for c in chars] + list(SUFFIXES)
+    pieces = list(dict.fromkeys(pieces + sorted(words)))  # first occurrence wins: ids are dense, no duplicates
+    return {p: i for i, p in enumerate(pieces)}
+
+
 @functools.cache
 def wordpiece_tokenizer() -> PreTrainedTokenizerFast:
     """BERT-style uncased WordPiece with [CLS] … [SEP] and [PAD]/[UNK]/[MASK]."""
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok = Tokenizer(models.WordPiece(vocab=_wordpiece_vocab(), unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(CORPUS, trainers.WordPieceTrainer(vocab_size=300, special_tokens=list(BERT_SPECIALS)))
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
@@ -136,15 +154,20 @@ def roberta_bpe_tokenizer() -> PreTrainedTokenizerFast:
 @functools.cache
 def metaspace_tokenizer(model: str = "bpe") -> PreTrainedTokenizerFast:
     """Llama/Mistral-style "▁" tokenizer (``model`` bpe | unigram) that prepends <s>; no pad, no mask token."""
-    if model == "bpe":
-        tok = Tokenizer(models.BPE(unk_token="<unk>"))
-        trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=list(LLAMA_SPECIALS))
-    else:
-        tok = Tokenizer(models.Unigram())
-        trainer = trainers.UnigramTrainer(vocab_size=420, special_tokens=list(LLAMA_SPECIALS), unk_token="<unk>")
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-    tok.train_from_iterator(CORPUS, trainer)
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=420, special_tokens=list(LLAMA_SPECIALS)))
+    if model == "unigram":
+        # Unigram over the (deterministic) BPE pieces of at most 3 characters (and the verbalizer words), each
+        # scoring -1: Viterbi picks the fewest pieces, so it splits differently from the BPE ("▁the" → "▁t", "he").
+        # Built rather than trained: the Unigram trainer is not deterministic across processes.
+        vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+        keep = set(LLAMA_SPECIALS) | {v.replace(" ", "▁") for v in VERBALIZERS}
+        pieces = [(p, 0.0 if p in LLAMA_SPECIALS else -1.0) for p, _ in vocab if p in keep or len(p) <= 3]
+        unigram = Tokenizer(models.Unigram(pieces, unk_id=0))
+        unigram.pre_tokenizer, unigram.decoder = tok.pre_tokenizer, tok.decoder
+        tok = unigram
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
     )
