@@ -7,15 +7,10 @@ Subcommands: ``main`` (the README's main job), ``evaluate`` (methods × metrics 
 from jsonargparse import CLI
 
 from amlx.jobs.evaluate import evaluate
+from amlx.jobs.explain import explain
 from amlx.main_job import main
 
-COMMANDS = {"main": main, "evaluate": evaluate}
-try:  # the explain job lands with the baselines
-    from amlx.jobs.explain import explain
-
-    COMMANDS["explain"] = explain
-except ImportError:  # pragma: no cover
-    pass
+COMMANDS = {"main": main, "evaluate": evaluate, "explain": explain}
 
 if __name__ == "__main__":
     CLI(COMMANDS, as_positional=False)

@@ -13,7 +13,7 @@ from amlx.methods import get
 from amlx.methods.perturbation import word_units
 from amlx.models.explained import ExplainedModel
 from tests.bow import WEIGHTS, BowClassifier, bow_tokenizer, p_positive
-from tests.tiny import TEXTS
+from tests.tiny import TEXTS, tiny_explained
 
 TEXT = "good movie , badly slow and dull but great fun"  # "badly" = bad + ##ly; "but" is [UNK]
 PERTURBATION_METHODS = ("occlusion", "lime", "kernel_shap", "shapley_sampling")
@@ -91,3 +91,22 @@ def test_a_learned_mask_has_no_id_to_perturb_with():
     model = ExplainedModel(BowClassifier(), bow_tokenizer(), "encoder", name="bow-learned", mask="learned")
     with pytest.raises(ValueError, match="learned mask embedding"):
         get("occlusion").attribute(["good movie"], model)
+
+
+def test_budget_per_unit_spends_mp_pi_budget_of_forward_rows(monkeypatch):
+    from amlx.methods.perturbation import KernelShapMethod
+
+    method = KernelShapMethod(budget_per_unit=2.0, perturbations_per_eval=1000)
+    assert method.samples_for(7) == 16 and method.variant == "prob-2n+2"
+    assert KernelShapMethod(n_samples=50).samples_for(7) == 50
+    rows = []
+    original = KernelShapMethod.explained_output
+
+    def counting(self, model, ids, mask, target):
+        rows.append(len(ids))
+        return original(self, model, ids, mask, target)
+
+    monkeypatch.setattr(KernelShapMethod, "explained_output", counting)
+    model = tiny_explained("bert", "encoder")
+    method.attribute(["a good movie , really"], model)  # 5 words
+    assert sum(rows) == 2 * 5 + 2  # captum adds no rows of its own beyond n_samples

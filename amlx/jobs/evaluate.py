@@ -84,7 +84,8 @@ def evaluate(
 ) -> dict:
     """Attribute the first ``n`` examples of ``split`` with every method and score them with every metric.
 
-    ``method_options`` maps a method name to its constructor options (e.g. ``{random: {seed: 1}}``);
+    ``method_options`` maps a method name to its constructor options (e.g. ``{random: {seed: 1}}``); one method
+    twice with different options: ``methods: [faml, faml_oracle=faml]`` with options keyed by the alias;
     ``perturbation`` / ``unit`` / ``rounding`` override every metric's default (see docs/evaluation.md).
     ``data`` holds further ``TextClassificationData`` options (split sizes, columns); the defaults reproduce the
     splits the default classifier was trained on.
@@ -104,9 +105,10 @@ def evaluate(
                 "data": data or {}}  # fmt: skip
 
     rows, per_method = [], {}
-    for name in methods:
-        opts = dict(method_options.get(name, {}))
-        label = _method_label(name, opts)
+    for item in methods:
+        alias, _, name = item.partition("=") if "=" in item else (item, "", item)
+        opts = dict(method_options.get(alias, {}))
+        label = alias if alias != name else _method_label(name, opts)
         config_key = json.dumps({**settings, "method": name, "options": opts}, sort_keys=True)
         scores_path = out / "scores" / f"{label}.jsonl"
         records_path = out / "attributions" / f"{label}.jsonl"

@@ -70,6 +70,24 @@ def resolve_targets(target: Target, n: int, model) -> Tensor | None:
     return torch.tensor([model.label_index(t) for t in items], dtype=torch.long)
 
 
+OUTPUTS = ("logit", "log_prob", "prob")
+
+
+def class_outputs(logits: Tensor, output: str) -> Tensor:
+    """The explained quantity per class: raw ``logit``, ``log_prob`` (log-softmax) or ``prob``: [batch, classes].
+
+    With a softmax head only logit *differences* move the prediction, so ``logit`` gradients carry a common-mode
+    part that ``log_prob`` / ``prob`` (what the faithfulness metrics measure) do not.
+    """
+    if output == "logit":
+        return logits
+    if output == "log_prob":
+        return logits.float().log_softmax(-1)
+    if output == "prob":
+        return logits.float().softmax(-1)
+    raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+
+
 def register_method(name: str):
     """Class decorator: make the method available as ``amlx.methods.get(name)``."""
 

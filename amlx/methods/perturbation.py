@@ -176,15 +176,25 @@ class Occlusion(PerturbationMethod):
 
 
 class CaptumSurrogate(PerturbationMethod):
-    """Shared part of the captum wrappers: one captum call per example on its attributable ids."""
+    """Shared part of the captum wrappers: one captum call per example on its attributable ids.
+
+    ``budget_per_unit``, when set, replaces the fixed ``n_samples`` per example by ⌈budget_per_unit · n_words⌉ + 2
+    forward rows — the budget of MP-PI (B = 2n masked passes plus f(∅) and f(x)), for like-for-like comparisons.
+    """
 
     def __init__(
         self, n_samples: int, output: str = "prob", perturbations_per_eval: int = 64, seed: int = 0,
-        internal_batch_size: int = 16,
+        internal_batch_size: int = 16, budget_per_unit: float | None = None,
     ) -> None:  # fmt: skip
         super().__init__(output, perturbations_per_eval, internal_batch_size)
-        self.n_samples, self.seed = n_samples, seed
-        self.variant = f"{output}-{n_samples}"
+        self.n_samples, self.seed, self.budget_per_unit = n_samples, seed, budget_per_unit
+        self.variant = f"{output}-{n_samples}" if budget_per_unit is None else f"{output}-{budget_per_unit:g}n+2"
+
+    def samples_for(self, n_units: int) -> int:
+        """Forward rows spent on an example with ``n_units`` words."""
+        if self.budget_per_unit is None:
+            return self.n_samples
+        return math.ceil(self.budget_per_unit * n_units) + 2
 
     def make_explainer(self, forward: Callable[[Tensor], Tensor]):
         raise NotImplementedError
@@ -211,7 +221,7 @@ class CaptumSurrogate(PerturbationMethod):
 
         with seeded(self.seed):
             attr = self.make_explainer(forward).attribute(
-                ids[pos][None], baselines=mask_id, feature_mask=units[None], n_samples=self.n_samples,
+                ids[pos][None], baselines=mask_id, feature_mask=units[None], n_samples=self.samples_for(int(units.max()) + 1),
                 perturbations_per_eval=self.perturbations_per_eval,
             )  # fmt: skip
         return attr[0].float()  # captum copies each unit's score to all its positions
@@ -236,9 +246,9 @@ class LimeMethod(CaptumSurrogate):
 
     def __init__(
         self, n_samples: int = 200, ridge: float = 1.0, output: str = "prob", perturbations_per_eval: int = 64,
-        seed: int = 0, internal_batch_size: int = 16,
+        seed: int = 0, internal_batch_size: int = 16, budget_per_unit: float | None = None,
     ) -> None:  # fmt: skip
-        super().__init__(n_samples, output, perturbations_per_eval, seed, internal_batch_size)
+        super().__init__(n_samples, output, perturbations_per_eval, seed, internal_batch_size, budget_per_unit)
         self.ridge = ridge
 
     def make_explainer(self, forward):
@@ -256,9 +266,9 @@ class KernelShapMethod(CaptumSurrogate):
 
     def __init__(
         self, n_samples: int = 200, output: str = "prob", perturbations_per_eval: int = 64, seed: int = 0,
-        internal_batch_size: int = 16,
+        internal_batch_size: int = 16, budget_per_unit: float | None = None,
     ) -> None:  # fmt: skip
-        super().__init__(n_samples, output, perturbations_per_eval, seed, internal_batch_size)
+        super().__init__(n_samples, output, perturbations_per_eval, seed, internal_batch_size, budget_per_unit)
 
     def make_explainer(self, forward):
         explainer = KernelShap(forward)

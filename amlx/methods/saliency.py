@@ -5,18 +5,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from amlx.methods.base import AttributionMethod, register_method
+from amlx.methods.base import AttributionMethod, class_outputs, register_method
 from amlx.models.explained import Encoded
 
 REDUCTIONS = ("l2", "l1", "sum")
 
 
-def input_gradients(enc: Encoded, model, target: Tensor) -> tuple[Tensor, Tensor]:
-    """(∂logit_target/∂x, x), both [batch, tokens, hidden], from one batched backward pass."""
+def input_gradients(enc: Encoded, model, target: Tensor, output: str = "logit") -> tuple[Tensor, Tensor]:
+    """(∂out_target/∂x, x), both [batch, tokens, hidden], from one batched backward pass (``class_outputs``)."""
     with torch.enable_grad():
         x = model.embed(enc.input_ids).detach().requires_grad_(True)
         logits = model.logits(inputs_embeds=x, attention_mask=enc.attention_mask)  # [batch, classes]
-        chosen = logits.gather(1, target[:, None]).sum()  # rows are independent: one backward for all
+        out = class_outputs(logits, output)
+        chosen = out.gather(1, target[:, None]).sum()  # rows are independent: one backward for all
         (grad,) = torch.autograd.grad(chosen, x)
     return grad.detach(), x.detach()
 
@@ -29,15 +30,16 @@ class Saliency(AttributionMethod):
     Cost: one forward and one backward pass per batch.
     """
 
-    def __init__(self, reduction: str = "l2", internal_batch_size: int = 16) -> None:
+    def __init__(self, reduction: str = "l2", output: str = "logit", internal_batch_size: int = 16) -> None:
         super().__init__(internal_batch_size)
         if reduction not in REDUCTIONS:
             raise ValueError(f"saliency reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        self.reduction = reduction
-        self.variant = reduction
+        class_outputs(torch.zeros(1, 2), output)  # validates the option
+        self.reduction, self.output = reduction, output
+        self.variant = reduction if output == "logit" else f"{reduction},{output}"
 
     def scores(self, enc: Encoded, model, target: Tensor) -> Tensor:
-        grad, _ = input_gradients(enc, model, target)  # [batch, tokens, hidden]
+        grad, _ = input_gradients(enc, model, target, self.output)  # [batch, tokens, hidden]
         if self.reduction == "sum":
             return grad.sum(-1)
         return grad.norm(p=2 if self.reduction == "l2" else 1, dim=-1)

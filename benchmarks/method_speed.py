@@ -1,0 +1,67 @@
+"""Seconds per example of every registered attribution method on one explained model.
+
+    .venv/bin/python benchmarks/method_speed.py --model amlx:minilm-movies --n 20
+    .venv/bin/python benchmarks/method_speed.py --model amlx:smollm2-movies --n 20
+
+Each method attributes the same first ``n`` movie-test sentences (``--slow-n`` for methods that make hundreds of
+passes per example) after a one-example warm-up; the figure is the mean of the records' ``seconds`` (each
+internal batch's wall time split over its examples). Methods that cannot explain the model (e.g. Progressive
+Inference on an encoder) are listed with the reason. Writes ``benchmarks/results/speed-<model>.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from amlx import methods
+from amlx.data import TextClassificationData
+from amlx.models import ExplainedModel
+from amlx.results import write_results
+
+SLOW = {"shapley_sampling", "integrated_gradients", "gradient_shap", "lime", "kernel_shap", "faml"}
+NEEDS_CHECKPOINT = {"paml", "faml"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="amlx:minilm-movies")
+    ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--slow-n", type=int, default=5)
+    ap.add_argument("--methods", nargs="*", default=None, help="default: every registered method")
+    ap.add_argument("--checkpoint", default=None, help="pAML checkpoint for paml/faml (skipped without one)")
+    args = ap.parse_args()
+
+    model = ExplainedModel.from_pretrained(args.model)
+    texts = TextClassificationData(dataset="amlx:movies", seed=0).split("test")["text"]
+    rows, skipped = [], []
+    for name in args.methods or methods.names():
+        opts = {"checkpoint": args.checkpoint} if name in NEEDS_CHECKPOINT else {}
+        if name in NEEDS_CHECKPOINT and not args.checkpoint:
+            skipped.append(f"{name}: no --checkpoint")
+            continue
+        n = args.slow_n if name in SLOW else args.n
+        try:
+            method = methods.get(name, **opts)
+            method.attribute(texts[:1], model)  # warm-up (lazy loads, caches)
+            recs = method.attribute(texts[1 : n + 1], model)
+        except (ValueError, NotImplementedError) as err:
+            skipped.append(f"{name}: {err}")
+            continue
+        sec = float(np.mean([r.seconds for r in recs]))
+        print(f"{name:24s} {sec:8.4f} s/example (n={len(recs)})", flush=True)
+        rows.append({"method": name, "variant": method.variant, "metric": "seconds", "mean": sec, "n": len(recs),
+                     "sec_per_example": sec})  # fmt: skip
+    setup = {"explained_model": args.model, "kind": model.kind, "dataset": "amlx:movies", "split": "test",
+             "n_examples": args.n, "slow_n": args.slow_n}  # fmt: skip
+    notes = "Default options of every method. Not measured: " + ("; ".join(skipped) if skipped else "none") + "."
+    name = "speed-" + args.model.replace("amlx:", "").replace("/", "-")
+    path = write_results(name, rows, setup, command="python benchmarks/method_speed.py " + " ".join(sys.argv[1:]),
+                         notes=notes)  # fmt: skip
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
