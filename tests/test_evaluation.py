@@ -93,3 +93,15 @@ def test_deleting_every_token_of_an_input_without_specials_leaves_one_mask_token
     p_alone = float(model.probs(input_ids=alone, attention_mask=torch.ones_like(alone))[0, rec.target])
     suff = Evaluator(model, ["suff"]).evaluate([rec])["suff"][0]
     assert suff == pytest.approx(rec.probs[rec.target] - p_alone, abs=1e-5)
+
+
+def test_max_rows_caps_each_pass_without_changing_values(explained):
+    model = explained("llama", "decoder")
+    records = get("random", seed=1).attribute(list(TEXTS), model)
+    wide = Evaluator(model, ["aopc_comp", "aopc_suff"], max_tokens=10**6, max_rows=10**6)
+    narrow = Evaluator(model, ["aopc_comp", "aopc_suff"], max_tokens=10**6, max_rows=3)
+    a, b = wide.evaluate(records), narrow.evaluate(records)
+    assert wide.stats["forward_passes"] == 1
+    assert narrow.stats["forward_passes"] == -(-narrow.stats["unique"] // 3)  # ⌈unique / 3⌉ passes of ≤ 3 rows
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], atol=1e-6)
