@@ -440,9 +440,10 @@ def test_label_index_accepts_names_and_indices(explained):
     m = explained("bert", "encoder")
     assert m.labels == ["negative", "positive"]
     assert [m.label_index("negative"), m.label_index("positive"), m.label_index(1)] == [0, 1, 1]
+    assert m.label_index(torch.tensor(1)) == 1  # a 0-d integer tensor, as argmax returns
 
 
-@pytest.mark.parametrize("label", ["neutral", "Positive", 2, -1, True, 1.0])
+@pytest.mark.parametrize("label", ["neutral", "Positive", 2, -1, True, 1.0, torch.tensor(0.0), torch.tensor(2)])
 def test_unknown_label_raises(explained, label):
     with pytest.raises(UnknownLabelError, match="label set"):
         explained("bert", "encoder").label_index(label)

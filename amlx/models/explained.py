@@ -312,7 +312,9 @@ class ExplainedModel(nn.Module):
         return len(self.labels)
 
     def label_index(self, label: int | str) -> int:
-        """Class index of a label given by index or name."""
+        """Class index of a label given by index (int or 0-d tensor) or name."""
+        if isinstance(label, Tensor) and label.ndim == 0 and not label.is_floating_point():
+            label = int(label)
         if isinstance(label, str) and label in self.labels:
             return self.labels.index(label)
         if isinstance(label, (int, np.integer)) and not isinstance(label, bool) and 0 <= label < len(self.labels):
