@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv/ at the repo root and install amlx with its dev extra (idempotent).
 # CPU machines get torch==2.13.0 (the CPU build); a GPU user installs their CUDA torch into .venv first
-# (e.g. .venv/bin/pip install torch --index-url https://download.pytorch.org/whl/cu124) and this keeps it.
+# (PyTorch's install instructions, run with .venv/bin/pip) and this keeps it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
