@@ -92,3 +92,8 @@ def bow_record(model: ExplainedModel, text: str, scores: list[float] | None = No
     if ground_truth is not None:
         rec.ground_truth = np.array([t in ground_truth for t in rec.tokens]) & rec.attributable
     return rec
+
+
+PERTURBATION_METRICS = (
+    "comp", "suff", "log_odds", "aopc_comp", "aopc_suff", "marc_comp", "marc_suff", "as_auc", "ias_auc",
+)  # every registered perturbation metric, for tests that run them all

@@ -8,21 +8,12 @@ import pytest
 from amlx import assets
 from amlx.evaluation import Evaluator
 from amlx.methods import get
+from tests.bow import PERTURBATION_METRICS
 from tests.tiny import TEXTS
 
 # short and medium texts with contractions and punctuation runs: different lengths, so batches are padded
 EVAL_TEXTS = [TEXTS[0], "I didn't like it: the plot was dull!!", TEXTS[2]]
-PERTURBATION = [
-    "comp",
-    "suff",
-    "log_odds",
-    "aopc_comp",
-    "aopc_suff",
-    "marc_comp",
-    "marc_suff",
-    "as_auc",
-    "ias_auc",
-]
+PERTURBATION = list(PERTURBATION_METRICS)
 
 
 def assert_batched_equals_one_by_one(model, records, **kw):

@@ -10,7 +10,7 @@ import pytest
 from amlx import metrics
 from amlx.evaluation import Evaluator
 from amlx.metrics.perturb import n_units_for
-from tests.bow import WEIGHTS, bow_explained, bow_record, p_positive
+from tests.bow import PERTURBATION_METRICS, WEIGHTS, bow_explained, bow_record, p_positive
 
 # ten one-token words; true ranking for "positive": good great fun movie the was plot slow dull bad
 TEXT = "good great fun movie the plot was slow dull bad"
@@ -162,17 +162,7 @@ def test_true_weights_beat_random_and_reversed_rankings_on_every_faithfulness_me
         bow_record(model, t, scores=-r.scores[r.attributable], target=r.target) for t, r in zip(texts, true)
     ]
     rand = get("random", seed=0).attribute(texts, model)
-    names = [
-        "comp",
-        "suff",
-        "log_odds",
-        "aopc_comp",
-        "aopc_suff",
-        "marc_comp",
-        "marc_suff",
-        "as_auc",
-        "ias_auc",
-    ]
+    names = list(PERTURBATION_METRICS)
     ev = Evaluator(model, names)
     t, r, v = ev.evaluate(true), ev.evaluate(rand), ev.evaluate(reverse)
     for name in names:
