@@ -18,6 +18,8 @@ def machine_info() -> dict:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     info = {"cpu_count": os.cpu_count(), "device": device, "torch": torch.__version__}
+    if hasattr(os, "getloadavg"):  # other processes' load when the figures were written: context for timings
+        info["load_avg_1m"] = round(os.getloadavg()[0], 2)
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

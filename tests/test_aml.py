@@ -202,11 +202,39 @@ def test_fAML_loss_selection_returns_the_lowest_loss_map_and_leaves_pretrained_w
     assert all(torch.equal(v, att.state_dict()[k]) for k, v in pretrained.items())
 
 
-def test_fAML_head_mode_tunes_a_batch_exactly_like_each_instance_alone(backbone_dir, target):
+@pytest.mark.parametrize(("params", "lr", "parallel"), [("all", 1e-3, 3), ("head", 1e-2, 1)])
+def test_fAML_batched_modes_tune_a_batch_exactly_like_each_instance_alone(backbone_dir, target, params, lr, parallel):
     att = make_attributor(backbone_dir, target)
-    both = FAML(att, steps=2, params="head", lr=1e-2).attribute(list(TEXTS[:2]))
-    alone = FAML(att, steps=2, params="head", lr=1e-2).attribute([TEXTS[1]])
-    assert torch.allclose(both.losses[1], alone.losses[0], atol=1e-5)
+    texts = list(TEXTS)  # different lengths: the batch is padded, each instance alone is not
+    together = FAML(att, steps=3, params=params, lr=lr, parallel=parallel).attribute(texts)
+    in_pairs = FAML(att, steps=3, params=params, lr=lr, parallel=2).attribute(texts)
+    for i, text in enumerate(texts):
+        alone = FAML(att, steps=3, params=params, lr=lr).attribute([text])  # all: the sequential loop
+        t = alone.maps.shape[-1]
+        assert torch.allclose(together.losses[i], alone.losses[0], atol=1e-5)
+        assert torch.allclose(together.maps[i, :, :t], alone.maps[0], atol=1e-5)
+        assert torch.allclose(in_pairs.maps[i, :, :t], alone.maps[0], atol=1e-5)
+    assert (together.losses[:, -1] < together.losses[:, 0]).all()
+
+
+def test_fAML_all_mode_equals_a_plain_per_instance_fine_tuning_of_a_model_copy(backbone_dir, target):
+    """The vmapped ``all`` mode against the obvious reference: deepcopy G, Adam on its trainable parameters."""
+    import copy
+
+    att = make_attributor(backbone_dir, target).eval()
+    res = FAML(att, steps=2, params="all", lr=1e-3, parallel=2).attribute(list(TEXTS[:2]))
+    for i, text in enumerate(TEXTS[:2]):
+        work = copy.deepcopy(att)
+        enc, _, y = work.prepare([text])
+        opt = torch.optim.Adam([p for p in work.parameters() if p.requires_grad], lr=1e-3)
+        for step in range(3):
+            a = work.token_scores(enc, y)
+            loss = work.loss_terms(enc, a, y)["loss"].sum()
+            assert torch.allclose(res.losses[i, step], loss.detach(), atol=1e-5)
+            if step < 2:
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
 
 
 def test_fAML_metric_selection_is_the_oracle_protocol(backbone_dir, target):

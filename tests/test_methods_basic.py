@@ -68,3 +68,18 @@ def test_random_is_seeded_uniform_on_attributable_tokens(explained):
 def test_one_target_per_example_must_match_the_batch(bow):
     with pytest.raises(ValueError, match="2 targets for 1 examples"):
         get("random").attribute(["good movie"], bow, target=[0, 1])
+
+
+def test_length_sorted_batching_returns_records_in_input_order_with_their_own_targets(explained):
+    """Texts of very different lengths, internal batches of 2: passes are built longest first, records are not."""
+    model = explained("bert", "encoder")
+    texts = [TEXTS[0], TEXTS[1], TEXTS[2], TEXTS[1] + " " + TEXTS[1], "ok"]
+    targets = [0, 1, 0, 1, 1]
+    method = get("gradient_x_input", internal_batch_size=2)
+    assert method.sort_by_length
+    recs = method.attribute(texts, model, target=targets)
+    alone = [get("gradient_x_input").attribute([t], model, target=[y])[0] for t, y in zip(texts, targets)]
+    assert [r.text for r in recs] == texts and [r.target for r in recs] == targets
+    for rec, ref in zip(recs, alone):
+        np.testing.assert_allclose(rec.scores, ref.scores, atol=1e-5)
+        np.testing.assert_allclose(rec.probs, ref.probs, atol=1e-6)

@@ -259,12 +259,12 @@ class AMLAttributor(L.LightningModule):
         valid = ~enc["special_tokens_mask"].bool() & enc["attention_mask"].bool() & (off[..., 1] > off[..., 0])
         return AttributorInputs(enc["input_ids"], enc["attention_mask"], off, valid)
 
-    def hidden(self, inputs: AttributorInputs, y: Tensor) -> Tensor:
+    def hidden(self, input_ids: Tensor, attention_mask: Tensor, y: Tensor) -> Tensor:
         """Backbone states of the attributor tokens with z_v inserted after the last real token: [batch, source, d]."""
-        emb = self.backbone.get_input_embeddings()(inputs.input_ids)  # [batch, source, d]
+        emb = self.backbone.get_input_embeddings()(input_ids)  # [batch, source, d]
         b, s, d = emb.shape
         z = self.class_embeddings[0] + y.to(emb.dtype) @ self.class_embeddings[1:]  # z_v = z_0 + Σ_j y_j z_j
-        length = inputs.attention_mask.sum(1)[:, None]  # [batch, 1]
+        length = attention_mask.sum(1)[:, None]  # [batch, 1]
         pos = torch.arange(s + 1, device=emb.device)[None]  # [1, source + 1]
         src = (pos - (pos > length).long()).clamp(max=s - 1)  # positions after the insertion shift right by one
         x = emb.gather(1, src[..., None].expand(b, s + 1, d))
@@ -285,20 +285,29 @@ class AMLAttributor(L.LightningModule):
     def token_scores(self, enc: Encoded, y: Tensor) -> Tensor:
         """a on the explained model's tokens for the batch ``enc`` conditioned on y_v: [batch, tokens]."""
         inputs = self.tokenize(enc.texts).to(self.device)
-        return self.to_explained(self.head_scores(self.hidden(inputs, y)), inputs, enc)
+        a_src = self.head_scores(self.hidden(inputs.input_ids, inputs.attention_mask, y))
+        return self.to_explained(a_src, inputs, enc)
 
     def loss_terms(self, enc: Encoded, a: Tensor, y: Tensor) -> dict[str, Tensor]:
         """``aml_loss`` with this attributor's λ's and sparsity option."""
         hp = self.hparams
         return aml_loss(self.explained, enc, a, y, (hp.lambda_p, hp.lambda_a, hp.lambda_inv), hp.sparsity)
 
-    def prepare(self, inputs: list[str] | Encoded, target: Tensor | None = None) -> tuple[Encoded, Tensor, Tensor]:
-        """Encode for F and read its prediction without gradients: (enc, p [batch, classes], y_v [batch, classes])."""
+    def prepare(
+        self, inputs: list[str] | Encoded, target: Tensor | None = None, probs: Tensor | None = None
+    ) -> tuple[Encoded, Tensor, Tensor]:
+        """Encode for F and read its prediction without gradients: (enc, p [batch, classes], y_v [batch, classes]).
+
+        ``probs``: F(x) when the caller already computed it (one forward pass of F saved).
+        """
         explained = self.explained
         enc = inputs if isinstance(inputs, Encoded) else explained.encode(inputs)
         enc = enc.to(self.device)
-        with torch.no_grad():
-            p = explained.probs(input_ids=enc.input_ids, attention_mask=enc.attention_mask)
+        if probs is not None:
+            p = probs.to(self.device).clone()  # a normal tensor even if computed under inference_mode
+        else:
+            with torch.no_grad():
+                p = explained.probs(input_ids=enc.input_ids, attention_mask=enc.attention_mask)
         return enc, p, condition(p, self.hparams.class_conditioning, target)
 
     def forward(self, inputs: list[str] | Encoded, target: Tensor | None = None) -> AMLOutput:
@@ -308,11 +317,11 @@ class AMLAttributor(L.LightningModule):
         return AMLOutput(a * enc.attributable, self.loss_terms(enc, a, y), p)
 
     @torch.no_grad()
-    def scores(self, enc: Encoded, target: Tensor | None = None) -> Tensor:
+    def scores(self, enc: Encoded, target: Tensor | None = None, probs: Tensor | None = None) -> Tensor:
         """Inference: one forward pass of G on an encoded batch → [batch, tokens] (0 where not attributable)."""
         was_training = self.training
         self.eval()
-        enc, _, y = self.prepare(enc, target)
+        enc, _, y = self.prepare(enc, target, probs)
         a = self.token_scores(enc, y) * enc.attributable
         self.train(was_training)
         return a

@@ -10,9 +10,12 @@ map of every instance in one batched call, exactly as an evaluation scores the r
 Which parameters move: ``all`` (everything pAML trains), ``head`` (the token head only), ``lora`` (a peft
 LoRA adapter on the backbone, plus the head). ``head`` tunes every instance of a batch at once: the backbone
 states are computed once and one stacked copy of the head per instance is optimized through
-``torch.func.vmap``; since Adam is elementwise and the loss is a sum over instances, this equals independent
-per-instance runs. ``all`` and ``lora`` run the instances in sequence on one working copy that is reset to
-the pretrained weights before each instance (a vmapped copy of the whole backbone is left for later).
+``torch.func.vmap``. ``all`` tunes ``parallel`` instances at a time, each with its own copy of the trainable
+tensors (memory: about 16 bytes per trainable parameter per instance for the tensors, their gradients and
+Adam's two moments): G runs per instance, the explained model F sees all their masked inputs in one pass.
+Since Adam is elementwise and the loss is a sum over instances, both equal independent per-instance runs
+(tested). ``lora`` (and ``all`` with ``parallel=1``) runs the instances in sequence on one working copy that is
+reset to the pretrained weights before each instance.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from amlx.models.explained import Encoded
 PARAMS = ("all", "head", "lora")
 SELECTIONS = ("loss", "last", "metric")
 DEFAULT_LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
+FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @dataclass
@@ -65,6 +69,7 @@ class FAML:
         metric_direction: str | None = None,
         lr: float | None = None,
         lora: dict | None = None,
+        parallel: int = 1,
     ) -> None:
         if params not in PARAMS:
             raise ValueError(f"params must be one of {PARAMS}, got {params!r}")
@@ -72,6 +77,8 @@ class FAML:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
         if steps < 0:
             raise ValueError(f"steps must be ≥ 0, got {steps}")
+        if parallel < 1:
+            raise ValueError(f"parallel must be ≥ 1, got {parallel}")
         if isinstance(metric, str):
             from amlx import metrics
 
@@ -87,19 +94,25 @@ class FAML:
         self.higher_is_better = direction == "higher"
         self.lr = lr if lr is not None else attributor.hparams.lr
         self.lora = {**DEFAULT_LORA, **(lora or {})}
+        self.parallel = parallel
         self._work: AMLAttributor | None = None
         self._init: dict[str, Tensor] = {}
 
-    def attribute(self, inputs: str | list[str] | Encoded, target: Tensor | None = None) -> FAMLResult:
-        """Fine-tune on every instance of ``inputs`` and return the selected maps with the trace."""
+    def attribute(
+        self, inputs: str | list[str] | Encoded, target: Tensor | None = None, probs: Tensor | None = None
+    ) -> FAMLResult:
+        """Fine-tune on every instance of ``inputs`` and return the selected maps with the trace (``probs``: F(x))."""
         att = self.attributor
         was_training = att.training
         att.eval()  # no dropout: the recorded losses must describe the recorded maps
         inputs = [inputs] if isinstance(inputs, str) else inputs
-        enc, p, y = att.prepare(inputs, target)
+        enc, p, y = att.prepare(inputs, target, probs)
         with torch.enable_grad():
             if self.params == "head":
                 maps, losses = self._tune_heads(enc, y)
+            elif self.params == "all" and self.parallel > 1:
+                parts = [self._tune_all(enc.select(rows), y[rows]) for rows in _chunks(len(enc), self.parallel)]
+                maps, losses = _cat_padded([m for m, _ in parts]), torch.cat([loss for _, loss in parts])
             else:
                 maps, losses = self._tune_each(enc, y)
         att.train(was_training)
@@ -119,7 +132,9 @@ class FAML:
     # ---------------------------------------------------------------------------------- optimization
     def _optimize(self, forward: Callable[[], tuple[Tensor, Tensor]], params: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Record (map, loss) before each step and after the last: ([b, steps + 1, tokens], [b, steps + 1])."""
-        opt = torch.optim.Adam(params, lr=self.lr)
+        # fused: one pass over each (stacked) tensor per step instead of several; same update as the default
+        fused = all(p.device.type in ("cpu", "cuda") and p.dtype in FUSED_DTYPES for p in params)
+        opt = torch.optim.Adam(params, lr=self.lr, fused=fused or None)
         maps, losses = [], []
         for s in range(self.steps + 1):
             with torch.set_grad_enabled(s < self.steps):
@@ -138,7 +153,7 @@ class FAML:
         att = self.attributor
         inputs = att.tokenize(enc.texts).to(att.device)
         with torch.no_grad():
-            h = att.hidden(inputs, y)  # [batch, source, d]
+            h = att.hidden(inputs.input_ids, inputs.attention_mask, y)  # [batch, source, d]
         params, _ = torch.func.stack_module_state([copy.deepcopy(att.head) for _ in range(len(enc))])
 
         def one(p: dict[str, Tensor], h_i: Tensor) -> Tensor:
@@ -150,6 +165,34 @@ class FAML:
             return a, att.loss_terms(enc, a, y)["loss"]
 
         return self._optimize(forward, list(params.values()))
+
+    def _tune_all(self, enc: Encoded, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The instances of ``enc`` together: each its own copy of G's trainable tensors, F batched over all.
+
+        G runs once per instance on its unpadded tokens (``functional_call`` with that instance's tensors and the
+        shared frozen ones); the maps are stacked and the explained model F scores every instance's two masked
+        inputs in one pass; one backward of the summed loss and one Adam step over all copies follow.
+        """
+        att = self.attributor
+        inputs = att.tokenize(enc.texts).to(att.device)
+        lengths = inputs.attention_mask.sum(1).tolist()
+        shared = {f"att.{n}": t for n, t in att.named_buffers()}
+        shared.update({f"att.{n}": p.detach() for n, p in att.named_parameters() if not p.requires_grad})
+        copies = [{f"att.{n}": p.detach().clone().requires_grad_() for n, p in att.named_parameters() if p.requires_grad}
+                  for _ in range(len(enc))]  # fmt: skip
+        scorer = _Scorer(att)
+        source = inputs.input_ids.shape[1]
+
+        def forward() -> tuple[Tensor, Tensor]:
+            rows = []
+            for i, (tensors, n) in enumerate(zip(copies, lengths)):
+                args = (inputs.input_ids[i : i + 1, :n], inputs.attention_mask[i : i + 1, :n], y[i : i + 1])
+                a_i = torch.func.functional_call(scorer, {**shared, **tensors}, args)  # [1, n]
+                rows.append(torch.nn.functional.pad(a_i, (0, source - n)))
+            a = att.to_explained(torch.cat(rows), inputs, enc)
+            return a, att.loss_terms(enc, a, y)["loss"]
+
+        return self._optimize(forward, [t for tensors in copies for t in tensors.values()])
 
     def _tune_each(self, enc: Encoded, y: Tensor) -> tuple[Tensor, Tensor]:
         """One instance after the other on a working copy reset to the pretrained weights each time."""
@@ -165,9 +208,9 @@ class FAML:
                 return a, work.loss_terms(row, a, y_b)["loss"]
 
             m, loss = self._optimize(forward, [p for p in work.parameters() if p.requires_grad])
-            maps.append(torch.nn.functional.pad(m, (0, t - m.shape[-1])))
+            maps.append(m)
             losses.append(loss)
-        return torch.cat(maps), torch.cat(losses)
+        return _cat_padded(maps, t), torch.cat(losses)
 
     def _fresh_copy(self) -> AMLAttributor:
         """The working copy, built once (with the LoRA adapter for ``lora``) and reset to its initial state."""
@@ -206,3 +249,24 @@ class FAML:
         else:
             flat = [float(self.metric(r, explained)) for r in recs]
         return torch.tensor(flat, dtype=torch.float64).reshape(maps.shape[1], len(enc)).T
+
+
+class _Scorer(torch.nn.Module):
+    """G's token scores as one module call (what ``functional_call`` needs): (ids, mask, y_v) → [batch, source]."""
+
+    def __init__(self, att: AMLAttributor) -> None:
+        super().__init__()
+        self.att = att
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, y: Tensor) -> Tensor:
+        return self.att.head_scores(self.att.hidden(input_ids, attention_mask, y))
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _cat_padded(maps: list[Tensor], tokens: int | None = None) -> Tensor:
+    """Concatenate [b_i, steps + 1, t_i] traces along the batch, right-padding tokens with zeros."""
+    t = tokens or max(m.shape[-1] for m in maps)
+    return torch.cat([torch.nn.functional.pad(m, (0, t - m.shape[-1])) for m in maps])

@@ -36,6 +36,9 @@ def _load(path: str, mtime_ns: int) -> AMLAttributor:
 class _AMLMethod(AttributionMethod):
     """Holds the attributor: from ``checkpoint`` (cached) or given in memory (validation during pAML training)."""
 
+    sort_by_length = True  # an example's scores do not depend on its batch-mates
+    takes_probs = True  # G is conditioned on F(x): reuse the pass the base class makes
+
     def __init__(
         self, checkpoint: str = "", attributor: AMLAttributor | None = None, internal_batch_size: int = 16
     ) -> None:
@@ -63,8 +66,8 @@ class PAML(_AMLMethod):
 
     variant = "pretrained"
 
-    def scores(self, enc: Encoded, model, target: Tensor) -> Tensor:
-        return self._attach(model).scores(enc, target)
+    def scores(self, enc: Encoded, model, target: Tensor, probs: Tensor | None = None) -> Tensor:
+        return self._attach(model).scores(enc, target, probs)
 
 
 @register_method("faml")
@@ -85,14 +88,15 @@ class FAMLMethod(_AMLMethod):
         metric: str = "comp",
         lr: float | None = None,
         lora: dict | None = None,
+        parallel: int = 1,
         attributor: AMLAttributor | None = None,
         internal_batch_size: int = 16,
     ) -> None:
         super().__init__(checkpoint, attributor, internal_batch_size)
         self.faml = FAML(self.attributor, steps, params, selection, metric if selection == "metric" else None,
-                         lr=lr, lora=lora)  # fmt: skip
+                         lr=lr, lora=lora, parallel=parallel)  # fmt: skip
         self.variant = f"oracle-selected:{metric}" if selection == "metric" else f"select:{selection}"
 
-    def scores(self, enc: Encoded, model, target: Tensor) -> Tensor:
+    def scores(self, enc: Encoded, model, target: Tensor, probs: Tensor | None = None) -> Tensor:
         self._attach(model)
-        return self.faml.attribute(enc, target).scores
+        return self.faml.attribute(enc, target, probs).scores

@@ -35,6 +35,8 @@ def rollout(layers: list[Tensor]) -> Tensor:
 class AttentionMethod(AttributionMethod):
     """Shared part: reads the prediction row of ``attention_map`` (one [batch, tokens, tokens] map per batch)."""
 
+    sort_by_length = True  # an example's scores do not depend on its batch-mates
+
     def attention_map(self, attentions: tuple[Tensor, ...]) -> Tensor:
         raise NotImplementedError
 

@@ -28,6 +28,10 @@ class AttributionMethod:
 
     name: ClassVar[str]
     variant: str = ""
+    takes_probs: ClassVar[bool] = False  # True: ``scores`` also gets ``probs=`` F(x) [batch, classes], computed once
+    # True for methods whose scores of an example do not depend on the rest of its internal batch: examples are
+    # then batched in order of length (less padding in every pass); records still come back in input order
+    sort_by_length: ClassVar[bool] = False
 
     def __init__(self, internal_batch_size: int = 16) -> None:
         if internal_batch_size < 1:
@@ -42,20 +46,25 @@ class AttributionMethod:
         """One record per example; ``seconds`` is each internal batch's wall time split evenly over its examples."""
         enc = inputs if isinstance(inputs, Encoded) else model.encode(inputs)
         targets = resolve_targets(target, len(enc), model)
-        out: list[Attribution] = []
+        order = list(range(len(enc)))
+        if self.sort_by_length and len(enc) > self.internal_batch_size:
+            lengths = enc.attention_mask.sum(1).tolist()
+            order.sort(key=lambda i: -lengths[i])
+        out: list[tuple[int, Attribution]] = []
         for start in range(0, len(enc), self.internal_batch_size):
-            rows = slice(start, start + self.internal_batch_size)
+            rows = order[start : start + self.internal_batch_size]
             chunk = enc.select(rows).to(model.device)
             t0 = time.perf_counter()
             with torch.inference_mode():
                 probs = model.probs(input_ids=chunk.input_ids, attention_mask=chunk.attention_mask)
             tgt = probs.argmax(-1) if targets is None else targets[rows].to(model.device)
-            scores = self.scores(chunk, model, tgt)
+            scores = self.scores(chunk, model, tgt, **({"probs": probs} if self.takes_probs else {}))
             seconds = (time.perf_counter() - t0) / len(chunk)
-            out += records_from_encoded(
+            recs = records_from_encoded(
                 chunk, model.tokenizer, scores, tgt, probs, model.labels, self.name, self.variant, seconds
             )
-        return out
+            out += zip(rows, recs)
+        return [rec for _, rec in sorted(out, key=lambda pair: pair[0])]
 
 
 def resolve_targets(target: Target, n: int, model) -> Tensor | None:

@@ -18,6 +18,8 @@ class GradientXInput(AttributionMethod):
     (see ``class_outputs``); non-default outputs appear in the variant.
     """
 
+    sort_by_length = True  # an example's scores do not depend on its batch-mates
+
     def __init__(self, output: str = "logit", internal_batch_size: int = 16) -> None:
         super().__init__(internal_batch_size)
         class_outputs(torch.zeros(1, 2), output)  # validates the option

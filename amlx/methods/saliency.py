@@ -30,6 +30,8 @@ class Saliency(AttributionMethod):
     Cost: one forward and one backward pass per batch.
     """
 
+    sort_by_length = True  # an example's scores do not depend on its batch-mates
+
     def __init__(self, reduction: str = "l2", output: str = "logit", internal_batch_size: int = 16) -> None:
         super().__init__(internal_batch_size)
         if reduction not in REDUCTIONS:
