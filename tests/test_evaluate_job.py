@@ -102,3 +102,16 @@ def test_one_method_twice_with_different_options_through_an_alias(setup):
     first = [r["aopc_comp"] for r in res["per_example"]["random"]]
     second = [r["aopc_comp"] for r in res["per_example"]["random_b"]]
     assert first != second  # a different seed ranks differently
+
+
+def test_model_options_reach_the_explained_model_and_the_resume_key(setup):
+    """``model_options: {mask: pad}`` changes what log-odds masks with (the [PAD] vs the [MASK] embedding)."""
+    tmp_path, kw = setup
+    kw = {**kw, "metrics": ["log_odds"], "methods": ["gradient_x_input"]}
+    default = evaluate(out_dir=str(tmp_path / "mask"), **kw)
+    padded = evaluate(out_dir=str(tmp_path / "pad"), **kw, model_options={"mask": "pad"})
+    a = [r["log_odds"] for r in default["per_example"]["gradient_x_input"]]
+    b = [r["log_odds"] for r in padded["per_example"]["gradient_x_input"]]
+    assert a != b
+    with pytest.raises(ValueError, match="different evaluation configuration"):
+        evaluate(out_dir=str(tmp_path / "mask"), **kw, model_options={"mask": "pad"})

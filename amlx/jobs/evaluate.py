@@ -77,6 +77,7 @@ def evaluate(
     unit: str | None = None,
     rounding: str | None = None,
     kind: str = "auto",
+    model_options: dict | None = None,
     data: dict | None = None,
     out_dir: str = "outputs/evaluate",
     results_name: str | None = None,
@@ -87,12 +88,13 @@ def evaluate(
     ``method_options`` maps a method name to its constructor options (e.g. ``{random: {seed: 1}}``); one method
     twice with different options: ``methods: [faml, faml_oracle=faml]`` with options keyed by the alias;
     ``perturbation`` / ``unit`` / ``rounding`` override every metric's default (see docs/evaluation.md).
-    ``data`` holds further ``TextClassificationData`` options (split sizes, columns); the defaults reproduce the
+    ``model_options`` go to ``ExplainedModel.from_pretrained`` (e.g. ``{mask: "id:4563"}``: the token that
+    replaces masked units, for the methods and the metrics alike). ``data`` holds further ``TextClassificationData`` options (split sizes, columns); the defaults reproduce the
     splits the default classifier was trained on.
     """
     method_options = method_options or {}
     out = Path(out_dir)
-    explained = ExplainedModel.from_pretrained(model, kind=kind)
+    explained = ExplainedModel.from_pretrained(model, kind=kind, **(model_options or {}))
     dm = TextClassificationData(dataset=dataset, labels=explained.labels, seed=seed, **(data or {}))
     table = dm.split(split)
     n = min(n, len(table))
@@ -102,7 +104,7 @@ def evaluate(
     metric_names = [m.name for m in evaluator.metrics]
     settings = {"model": model, "dataset": dataset, "split": split, "seed": seed, "metrics": metric_names,
                 "perturbation": perturbation, "unit": unit, "rounding": rounding, "chunk_size": chunk_size,
-                "data": data or {}}  # fmt: skip
+                "data": data or {}, **({"model_options": model_options} if model_options else {})}  # fmt: skip
 
     rows, per_method = [], {}
     for item in methods:
