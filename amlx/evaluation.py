@@ -73,6 +73,21 @@ class Evaluator:
     def perturbation_metrics(self) -> list[PerturbationMetric]:
         return [m for m in self.metrics if isinstance(m, PerturbationMetric)]
 
+    def score_maps(self, enc, maps: Tensor, target: Tensor, probs: Tensor, method: str = "candidate") -> dict[str, Tensor]:
+        """Every candidate map of every example in one batched call: metric name → [batch, candidates] (float64).
+
+        ``maps``: [batch, candidates, tokens] scores on the tokens of the ``Encoded`` batch ``enc``; ``target``
+        [batch] and ``probs`` [batch, classes] as in the records (fAML's steps, RPI's candidate pool).
+        """
+        from amlx.records import records_from_encoded
+
+        model = self.model
+        recs = []  # candidate-major: all examples for candidate 0, then candidate 1, ...
+        for c in range(maps.shape[1]):
+            recs += records_from_encoded(enc, model.tokenizer, maps[:, c], target, probs, model.labels, method, "")
+        shape = (maps.shape[1], len(enc))
+        return {k: torch.from_numpy(np.asarray(v, dtype=np.float64)).reshape(shape).T for k, v in self.evaluate(recs).items()}
+
     def evaluate(self, records: Sequence[Attribution]) -> dict[str, np.ndarray]:
         """Metric name → values [records] (float64), all perturbed variants batched together."""
         out = {m.name: np.full(len(records), np.nan) for m in self.metrics}

@@ -239,15 +239,14 @@ class FAML:
         from amlx.records import records_from_encoded
 
         explained = self.attributor.explained
-        recs = []  # step-major: all instances at step 0, then step 1, ...
+        if isinstance(self.metric, Metric):
+            return Evaluator(explained, [self.metric]).score_maps(enc, maps, target, probs, "fAML")[self.metric.name]
+        recs = []  # a plain callable on records; step-major: all instances at step 0, then step 1, ...
         for s in range(maps.shape[1]):
             recs += records_from_encoded(
                 enc, explained.tokenizer, maps[:, s], target, probs, explained.labels, "fAML", "oracle-selected"
             )
-        if isinstance(self.metric, Metric):
-            flat = Evaluator(explained, [self.metric]).evaluate(recs)[self.metric.name]
-        else:
-            flat = [float(self.metric(r, explained)) for r in recs]
+        flat = [float(self.metric(r, explained)) for r in recs]
         return torch.tensor(flat, dtype=torch.float64).reshape(maps.shape[1], len(enc)).T
 
 

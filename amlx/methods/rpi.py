@@ -1,0 +1,294 @@
+"""RPI — Randomized Path-Integration over attention probabilities (Barkan et al., seed 001 §3.2).
+
+For a layer l with attention probabilities A^l [heads, k, k], R baselines b^{lr} are drawn from a Gaussian diffusion
+process (§3.2.1): t ~ U{1..T}, b = √ᾱ_t·A^l + s_t·ε, ε ~ N(0, I), with s_t = √(1 − ᾱ_t) (paper, ``noise_scale="sqrt"``)
+or 1 − ᾱ_t (seed code, ``"linear"``), ᾱ_t = Π_{s≤t}(1 − β_s). Along each path (Eq. 3) the layer's probabilities are
+replaced by v_j = b + α_j(A − b), α_j = j/n, j = 1..n, and each candidate map is (Eq. 4)
+
+    m^{lr} = φ((A − b)/n ∘ Σ_j ∂F_y/∂v_j ∘ v_j)
+
+with φ = mean over heads, then the row of the position the prediction is read at (first token for encoders, last
+real token for decoders and prompted LMs). ``difference_factor=False`` drops (A − b)/n (seed code). The pool over
+the layers J and the R baselines is reduced to one map (Eq. 5) by ``selection``: ``metric`` — the candidate with the
+best value of ``metric`` on that very example (the paper's protocol, an oracle: variant ``oracle-selected:<metric>``;
+scored with ``amlx.evaluation.Evaluator`` like fAML's oracle) — or ``mean``, the mean candidate map, a proxy that
+never sees the evaluation perturbations (variant ``proxy:mean``).
+
+Implementation: the probabilities are read and replaced through ``amlx.models.attention_patch`` (transformers'
+``AttentionInterface``; no modeling-file copies). All R·n interpolants of an example go through the model as rows of
+``internal_batch_size``-row passes, one backward per pass; the blocks below l are not re-run (their output is
+computed once per example and reused). The interpolant is computed as A + (1 − α)(b − A), equal to Eq. 3 up to
+rounding and exactly A at α = 1. The baseline is sampled only where the model may attend (``baseline_support=
+"allowed"``: never on padding, and causal for decoders) or everywhere but padding (``"full"``, the paper's
+unrestricted h×k×k tensor). Cost: 1 + |J|·R·n forward rows (from layer l up) and backward rows per example, plus the
+selection metric's evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from amlx.methods.attention import prediction_rows
+from amlx.methods.base import OUTPUTS, AttributionMethod, class_outputs, register_method
+from amlx.models.attention_patch import (
+    AttentionReplacementError,
+    block_of,
+    record_block_outputs,
+    skip_blocks,
+    swap_attention,
+)
+from amlx.models.explained import Encoded
+
+SCHEDULES = ("linear", "cosine")
+NOISE_SCALES = ("sqrt", "linear")
+SUPPORTS = ("allowed", "full")
+SELECTIONS = ("metric", "mean")
+
+
+def alpha_bar(timesteps: int = 500, schedule: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
+    """ᾱ_t = Π_{s≤t}(1 − β_s) for t = 1..T: [T] float64 (index t − 1).
+
+    ``linear``: β_t linear from ``beta_start`` to ``beta_end`` (Ho et al., 2020; the paper's schedule). ``cosine``:
+    ᾱ_t = f(t)/f(0), f(t) = cos²((t/T + 0.008)/1.008 · π/2), β_t clipped at 0.999 (Nichol & Dhariwal, 2021).
+    """
+    if timesteps < 1:
+        raise ValueError(f"timesteps must be ≥ 1, got {timesteps}")
+    if schedule == "linear":
+        betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+    elif schedule == "cosine":
+        s = 0.008
+        f = torch.cos((torch.arange(timesteps + 1, dtype=torch.float64) / timesteps + s) / (1 + s) * math.pi / 2) ** 2
+        betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+    else:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    return torch.cumprod(1 - betas, 0)
+
+
+def sample_baselines(
+    attention: Tensor,
+    allowed: Tensor,
+    n_baselines: int,
+    alpha_bars: Tensor,
+    noise_scale: str = "sqrt",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """R diffusion baselines per example (§3.2.1): attention [B, h, k, k] → [B, R, h, k, k], zero where not ``allowed``.
+
+    t ~ U{1..T} per baseline; b = √ᾱ_t·A + s_t·ε with s_t = √(1 − ᾱ_t) (``sqrt``) or 1 − ᾱ_t (``linear``). Draws
+    come from ``generator`` on the CPU, so a seed gives the same baselines on any device.
+    """
+    if noise_scale not in NOISE_SCALES:
+        raise ValueError(f"noise_scale must be one of {NOISE_SCALES}, got {noise_scale!r}")
+    b, r = attention.shape[0], n_baselines
+    t = torch.randint(0, len(alpha_bars), (b, r), generator=generator)
+    eps = torch.randn((b, r, *attention.shape[1:]), generator=generator, dtype=torch.float32)
+    ab = alpha_bars[t].float()[..., None, None, None].to(attention.device)  # [B, R, 1, 1, 1]
+    scale = (1 - ab).sqrt() if noise_scale == "sqrt" else 1 - ab
+    base = ab.sqrt() * attention[:, None].float() + scale * eps.to(attention.device)
+    return base * allowed[:, None]
+
+
+@dataclass
+class Capture:
+    """One plain forward pass of a batch with the attention of the layers of interest recorded."""
+
+    probs: dict[int, Tensor]  # layer → A^l [batch, heads, k, k] (float32)
+    allowed: dict[int, Tensor]  # layer → bool [batch, heads, k, k]: where the model may attend
+    modules: list[nn.Module]  # attention modules by layer
+    prefix: dict[int, tuple[list[nn.Module], Tensor] | None]  # layer → (blocks below it, their output) to reuse
+    logits: Tensor  # [batch, classes]
+
+
+def resolve_layers(model, layers: Sequence[int]) -> list[int]:
+    """Layer indices (negative count from the last) → sorted distinct indices in 0..L−1."""
+    n = model.hf.config.num_hidden_layers
+    out = []
+    for layer in layers:
+        if not -n <= layer < n:
+            raise ValueError(f"layer {layer} is outside the explained model's {n} layers (use 0..{n - 1} or -1..-{n})")
+        out.append(layer % n)
+    return sorted(set(out))
+
+
+def capture(model, enc: Encoded, layers: Sequence[int], reuse_prefix: bool = True) -> Capture:
+    """Attention of ``layers`` (resolved indices) and, with ``reuse_prefix``, the hidden states entering each of them."""
+    hf = model.hf
+    blocks = [b for m in hf.modules() if isinstance(m, nn.ModuleList) for b in m] if reuse_prefix else []
+    with torch.no_grad(), record_block_outputs(blocks) as outputs, swap_attention(hf, record=set(layers)) as s:
+        logits = model.logits(input_ids=enc.input_ids, attention_mask=enc.attention_mask)
+    s.check_layers(hf)
+    if len(s.modules) != hf.config.num_hidden_layers:
+        raise AttentionReplacementError(
+            f"{type(hf).__name__} ran {len(s.modules)} attention layers, its config says "
+            f"{hf.config.num_hidden_layers}; amlx cannot tell which layer is which"
+        )
+    prefix = {}
+    for layer in layers:
+        prefix[layer] = None
+        where = block_of(hf, s.modules[layer]) if reuse_prefix else None
+        if where is not None and where[1] > 0:
+            container, i = where
+            out = outputs.get(container[i - 1])
+            if isinstance(out, Tensor) and out.shape[0] == len(enc):
+                prefix[layer] = (list(container[:i]), out)
+    shape = {layer: s.probs[layer].shape for layer in layers}
+    return Capture(
+        probs={layer: s.probs[layer].float() for layer in layers},
+        allowed={layer: s.allowed[layer].expand(shape[layer]) for layer in layers},
+        modules=list(s.modules),
+        prefix=prefix,
+        logits=logits,
+    )
+
+
+def path_integral(
+    model,
+    enc: Encoded,
+    target: Tensor,
+    cap: Capture,
+    layer: int,
+    baselines: Tensor,
+    n_steps: int,
+    output: str = "prob",
+    difference_factor: bool = True,
+    rows_per_pass: int = 120,
+) -> Tensor:
+    """Candidate maps m^{lr} (Eq. 4) of ``layer`` for the baselines [B, R, h, k, k]: [B, R, k].
+
+    Rows (example, baseline, step) go through the model ``rows_per_pass`` at a time; blocks below ``layer`` are
+    replaced by their captured output when ``cap.prefix`` has it.
+    """
+    a = cap.probs[layer]  # [B, h, k, k]
+    n_ex, n_base, heads, k = baselines.shape[:4]
+    rows_total = n_ex * n_base * n_steps
+    rho = prediction_rows(enc, model.kind)  # [B]
+    g = torch.zeros(n_ex * n_base, heads, k, device=a.device)  # Σ_j ∂F_y/∂v_j ∘ v_j, prediction row only
+    flat = baselines.reshape(n_ex * n_base, heads, k, k)
+    prefix = cap.prefix.get(layer)
+    for start in range(0, rows_total, rows_per_pass):
+        idx = torch.arange(start, min(start + rows_per_pass, rows_total), device=a.device)
+        ex, path, step = idx // (n_base * n_steps), idx // n_steps, idx % n_steps
+        keep = (1 - (step + 1) / n_steps).to(a.dtype)[:, None, None, None]  # 1 − α_j
+        v = (a[ex] + keep * (flat[path] - a[ex])).requires_grad_(True)  # Eq. 3, exactly A at α = 1
+        skip = skip_blocks(prefix[0], prefix[1][ex]) if prefix else contextlib.nullcontext()
+        with torch.enable_grad(), skip, swap_attention(model.hf, replace={cap.modules[layer]: lambda p, _, v=v: v}) as s:
+            logits = model.logits(input_ids=enc.input_ids[ex], attention_mask=enc.attention_mask[ex])
+            s.check_layers(model.hf)
+            out = class_outputs(logits, output)[torch.arange(len(idx), device=a.device), target[ex]]
+            (grad,) = torch.autograd.grad(out.sum(), v)
+        rows = torch.arange(len(idx), device=a.device)
+        g.index_add_(0, path, (grad * v.detach())[rows, :, rho[ex], :])
+    g = g.view(n_ex, n_base, heads, k)
+    if difference_factor:
+        b_ex = torch.arange(n_ex, device=a.device)
+        diff = (a[:, None] - baselines)[b_ex, :, :, rho, :]  # [B, R, h, k]: (A − b) on the prediction row
+        g = diff / n_steps * g
+    return g.mean(2)
+
+
+def metric_values(model, enc: Encoded, maps: Tensor, target: Tensor, probs: Tensor, metric) -> Tensor:
+    """``metric`` (a registered perturbation metric) of every candidate map [B, C, tokens] → [B, C] (float64).
+
+    All candidates of all examples are scored in one batched ``Evaluator`` call, as fAML's oracle selection does.
+    """
+    from amlx.evaluation import Evaluator
+
+    return Evaluator(model, [metric]).score_maps(enc, maps, target, probs, "rpi")[metric.name]
+
+
+@register_method("rpi")
+class RPI(AttributionMethod):
+    """Randomized Path-Integration (module docstring): ``n_baselines`` R × ``n_steps`` n interpolants per layer in J.
+
+    Options: ``layers`` J (default [-1], the last layer; the seed code used [-3]), ``timesteps`` T, ``schedule``
+    (linear | cosine), ``beta_start`` / ``beta_end``, ``noise_scale`` (sqrt | linear), ``difference_factor``,
+    ``baseline_support`` (allowed | full), ``output`` F_y (prob, the paper's class probability | log_prob | logit),
+    ``selection`` (metric | mean) with ``metric`` (default comp), ``seed`` (the baseline draws; one stream per
+    instance), ``reuse_prefix`` (skip the blocks below l; results are the same either way) and
+    ``internal_batch_size`` = interpolant rows per forward/backward pass (examples are grouped so that a group's
+    R·n rows fill about one pass).
+    """
+
+    def __init__(
+        self,
+        n_baselines: int = 24,
+        n_steps: int = 30,
+        layers: Sequence[int] = (-1,),
+        timesteps: int = 500,
+        schedule: str = "linear",
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        noise_scale: str = "sqrt",
+        difference_factor: bool = True,
+        baseline_support: str = "allowed",
+        output: str = "prob",
+        selection: str = "metric",
+        metric: str = "comp",
+        seed: int = 0,
+        reuse_prefix: bool = True,
+        internal_batch_size: int = 120,
+    ) -> None:
+        super().__init__(internal_batch_size)
+        if n_baselines < 1 or n_steps < 1:
+            raise ValueError(f"n_baselines and n_steps must be ≥ 1, got {n_baselines} and {n_steps}")
+        if not layers:
+            raise ValueError("layers must name at least one layer, e.g. [-1] for the last")
+        choices = {"noise_scale": (noise_scale, NOISE_SCALES), "baseline_support": (baseline_support, SUPPORTS),
+                   "output": (output, OUTPUTS), "selection": (selection, SELECTIONS)}  # fmt: skip
+        for what, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
+        self.alpha_bars = alpha_bar(timesteps, schedule, beta_start, beta_end)
+        self.n_baselines, self.n_steps, self.layers = n_baselines, n_steps, list(layers)
+        self.noise_scale, self.difference_factor, self.baseline_support = noise_scale, difference_factor, baseline_support
+        self.output, self.selection, self.reuse_prefix = output, selection, reuse_prefix
+        self.metric = None
+        if selection == "metric":
+            from amlx import metrics
+
+            self.metric = metrics.get(metric)
+            if getattr(self.metric, "kind", None) != "perturbation":
+                raise ValueError(f"selection='metric' needs a perturbation metric (comp, suff, ...), got {metric!r}")
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        chosen = f"oracle-selected:{metric}" if selection == "metric" else "proxy:mean"
+        where = "" if self.layers == [-1] else " L" + ",".join(map(str, self.layers))
+        seed_code = (" noise:linear" if noise_scale == "linear" else "") + ("" if difference_factor else " no-(A-b)/n")
+        self.variant = f"{chosen} R{n_baselines}n{n_steps}{where}{seed_code}"
+
+    def candidate_maps(self, enc: Encoded, model, target: Tensor) -> tuple[Tensor, Tensor]:
+        """The pool M^J: maps [B, |J|·R, tokens] (layer-major) and the class probabilities F(x) [B, classes]."""
+        layers = resolve_layers(model, self.layers)
+        per_group = max(1, self.internal_batch_size // (self.n_baselines * self.n_steps))
+        maps, logits = [], []
+        for start in range(0, len(enc), per_group):
+            group = enc.select(slice(start, start + per_group))
+            cap = capture(model, group, layers, self.reuse_prefix)
+            tgt = target[start : start + per_group]
+            pool = []
+            for layer in layers:
+                allowed = cap.allowed[layer]
+                if self.baseline_support == "full":  # everything but padded keys (rows of padding are never read)
+                    allowed = group.attention_mask.bool()[:, None, None, :].expand_as(allowed)
+                base = sample_baselines(cap.probs[layer], allowed, self.n_baselines, self.alpha_bars,
+                                        self.noise_scale, self.generator)  # fmt: skip
+                pool.append(path_integral(model, group, tgt, cap, layer, base, self.n_steps, self.output,
+                                          self.difference_factor, self.internal_batch_size))  # fmt: skip
+            m = torch.cat(pool, 1)
+            maps.append(nn.functional.pad(m, (0, enc.input_ids.shape[1] - m.shape[-1])))
+            logits.append(cap.logits)
+        return torch.cat(maps), torch.cat(logits).float().softmax(-1)
+
+    def scores(self, enc: Encoded, model, target: Tensor) -> Tensor:
+        maps, probs = self.candidate_maps(enc, model, target)
+        if self.selection == "mean":
+            return maps.mean(1)
+        values = metric_values(model, enc, maps, target, probs, self.metric).to(maps.device)
+        best = values.argmax(1) if self.metric.direction == "higher" else values.argmin(1)
+        return maps[torch.arange(len(enc), device=maps.device), best]
