@@ -115,3 +115,17 @@ def test_model_options_reach_the_explained_model_and_the_resume_key(setup):
     assert a != b
     with pytest.raises(ValueError, match="different evaluation configuration"):
         evaluate(out_dir=str(tmp_path / "mask"), **kw, model_options={"mask": "pad"})
+
+
+def test_planted_data_gives_records_the_planted_word_as_ground_truth(setup):
+    tmp_path, kw = setup
+    kw = {**kw, "metrics": ["gt_overlap", "mean_rank_pct"], "methods": ["random"],
+          "data": {**kw["data"], "planted": True}}  # fmt: skip
+    res = evaluate(out_dir=str(tmp_path / "planted"), **kw)
+    recs = load_jsonl(tmp_path / "planted" / "attributions" / "random.jsonl")
+    for rec, scores in zip(recs, res["per_example"]["random"]):
+        planted = [t for t, g in zip(rec.tokens, rec.ground_truth) if g]
+        assert planted and "".join(planted).strip("Ġ▁#") in ("positive", "negative")  # the class word, appended
+        if len(planted) == 1:  # gt_overlap = is the top-ranked token the planted one?
+            top = int(np.argmax(np.where(rec.attributable, rec.scores, -np.inf)))
+            assert scores["gt_overlap"] == float(rec.ground_truth[top])

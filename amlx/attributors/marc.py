@@ -48,7 +48,12 @@ class MaRCMask(nn.Module):
     """Parameters w, σ: [batch, words] (padded to the longest instance); λ on words and on tokens."""
 
     def __init__(
-        self, positions: Tensor, n_words: Tensor, w_init: float = 1.2, sigma_init: float = 2.0, kernel: str = "sigma"
+        self,
+        positions: Tensor,
+        n_words: Tensor,
+        w_init: float = 1.2,
+        sigma_init: float = 2.0,
+        kernel: str = "sigma",
     ) -> None:
         super().__init__()
         if kernel not in KERNELS:
@@ -120,7 +125,7 @@ class MaRCResult:
     token_mask: Tensor  # [batch, tokens] final λ (no noise, no flips) on tokens, 1 where never masked
     mask: MaRCMask  # the optimized parameters w, σ: [batch, words]
     steps: Tensor  # [batch] Adam steps each instance took (fewer than ``steps`` when it stopped early)
-    losses: Tensor  # [batch, steps] Eq. 8 at each step (with that step's noise); NaN after an instance stopped
+    losses: Tensor  # [batch, steps] Eq. 8 at each step (with its noise); NaN after the instance stopped
 
 
 @dataclass
@@ -154,14 +159,17 @@ class MaRC:
             if value not in allowed:
                 raise ValueError(f"MaRC {name} must be one of {allowed}, got {value!r}")
         if self.steps < 0 or not 0 <= self.flip_prob <= 1 or self.noise_std < 0 or self.sigma_init <= 0:
-            raise ValueError(f"MaRC needs steps ≥ 0, 0 ≤ flip_prob ≤ 1, noise_std ≥ 0 and sigma_init > 0: {self}")
+            raise ValueError(
+                f"MaRC needs steps ≥ 0, 0 ≤ flip_prob ≤ 1, noise_std ≥ 0 and sigma_init > 0: {self}"
+            )
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"MaRC patience must be ≥ 1 or None (no early stop), got {self.patience}")
 
     def changed(self) -> dict:
         """The settings that differ from the defaults (for a method's ``variant``)."""
         defaults = MaRC()
-        return {f.name: v for f, v in zip(fields(self), asdict(self).values()) if v != getattr(defaults, f.name)}
+        values = zip(fields(self), asdict(self).values())
+        return {f.name: v for f, v in values if v != getattr(defaults, f.name)}
 
     def fit(
         self, model, x: Tensor, baseline: Tensor, attention_mask: Tensor, positions: Tensor, n_words: Tensor,

@@ -99,6 +99,8 @@ def evaluate(
     table = dm.split(split)
     n = min(n, len(table))
     texts, ids = table["text"][:n], [str(i) for i in table["index"][:n]]
+    # planted-token data (data: {planted: true}): the planted word is each record's ground truth (gt_overlap, ...)
+    planted = list(zip(table["planted_start"][:n], table["planted_end"][:n])) if "planted_start" in table.column_names else None
     evaluator = Evaluator(explained, metrics, max_tokens=max_tokens, perturbation=perturbation, unit=unit,
                           rounding=rounding)  # fmt: skip
     metric_names = [m.name for m in evaluator.metrics]
@@ -131,6 +133,8 @@ def evaluate(
             recs = method.attribute([texts[i] for i in idx], explained)
             for i, r in zip(idx, recs):
                 r.example_id = ids[i]
+                if planted:
+                    r.ground_truth = r.spans_to_tokens([planted[i]])
             t0 = time.perf_counter()
             values = evaluator.evaluate(recs)
             eval_sec = (time.perf_counter() - t0) / len(recs)
