@@ -17,7 +17,8 @@ class AmlxCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule)
 
 
-def main(args: list[str] | None = None) -> AmlxCLI:
+def main(args: list[str] | dict | None = None, **cli_options) -> AmlxCLI:
+    """``train.py``; ``cli_options`` go to ``LightningCLI`` (``amlx.tuning`` passes ``run=False``, ``trainer_defaults``)."""
     return AmlxCLI(
         L.LightningModule,
         L.LightningDataModule,
@@ -25,4 +26,5 @@ def main(args: list[str] | None = None) -> AmlxCLI:
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         args=args,
+        **cli_options,
     )
