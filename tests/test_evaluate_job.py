@@ -96,7 +96,7 @@ def test_one_method_twice_with_different_options_through_an_alias(setup):
     res = evaluate(out_dir=str(tmp_path / "alias"), **{**kw, "methods": ["random", "random_b=random"],
                                                         "method_options": {"random_b": {"seed": 5}}})  # fmt: skip
     comp = [r for r in res["rows"] if r["metric"] == "comp"]
-    assert [(r["method"], r["variant"]) for r in comp] == [("random", "seed0"), ("random", "seed5")]
+    assert [(r["method"], r["variant"]) for r in comp] == [("random", "seed0"), ("random", "seed5 [random_b]")]
     assert set(res["per_example"]) == {"random", "random_b"}
     assert (tmp_path / "alias" / "scores" / "random_b.jsonl").exists()
     first = [r["aopc_comp"] for r in res["per_example"]["random"]]

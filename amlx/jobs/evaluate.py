@@ -120,6 +120,8 @@ def evaluate(
         probe = method_registry.get(name, **opts)
         seeded = "seed" in inspect.signature(type(probe)).parameters
         variant = getattr(probe, "variant", "") or ""
+        if alias != name:  # two runs of one method must stay distinguishable in the table
+            variant = f"{variant} [{alias}]".strip()
         bar = tqdm(total=n, desc=label, disable=not progress, initial=sum(1 for i in done if i < n))
         for start in range(0, n, chunk_size):
             idx = list(range(start, min(start + chunk_size, n)))
