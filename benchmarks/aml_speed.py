@@ -29,7 +29,7 @@ def variants(checkpoint: str, steps: int) -> dict[str, tuple[str, dict]]:
     return {
         "integrated_gradients": ("integrated_gradients", {}),
         "paml": ("paml", {"checkpoint": checkpoint}),
-        "faml all": ("faml", {**faml, "params": "all"}),
+        "faml all": ("faml", {**faml, "params": "all", "parallel": 1}),
         "faml all parallel=8": ("faml", {**faml, "params": "all", "parallel": 8}),
         "faml lora": ("faml", {**faml, "params": "lora", "lr": 1e-3}),
         "faml head": ("faml", {**faml, "params": "head", "lr": 1e-3}),

@@ -12,7 +12,8 @@ LoRA adapter on the backbone, plus the head). ``head`` tunes every instance of a
 states are computed once and one stacked copy of the head per instance is optimized through
 ``torch.func.vmap``. ``all`` tunes ``parallel`` instances at a time, each with its own copy of the trainable
 tensors (memory: about 16 bytes per trainable parameter per instance for the tensors, their gradients and
-Adam's two moments): G runs per instance, the explained model F sees all their masked inputs in one pass.
+Adam's two moments; the default ``parallel=None`` takes as many as fit in ``PARALLEL_BYTES``, at most
+``MAX_PARALLEL``): G runs per instance, the explained model F sees all their masked inputs in one pass.
 Since Adam is elementwise and the loss is a sum over instances, both equal independent per-instance runs
 (tested). ``lora`` (and ``all`` with ``parallel=1``) runs the instances in sequence on one working copy that is
 reset to the pretrained weights before each instance.
@@ -33,6 +34,8 @@ from amlx.models.explained import Encoded
 PARAMS = ("all", "head", "lora")
 SELECTIONS = ("loss", "last", "metric")
 DEFAULT_LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
+PARALLEL_BYTES = 2 * 1024**3  # fAML "all": memory for the per-instance copies (tensor, gradient, 2 Adam moments)
+MAX_PARALLEL = 8  # the fastest group size measured on a CPU (benchmarks/results/aml-speed-minilm-movies)
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -69,7 +72,7 @@ class FAML:
         metric_direction: str | None = None,
         lr: float | None = None,
         lora: dict | None = None,
-        parallel: int = 1,
+        parallel: int | None = None,
     ) -> None:
         if params not in PARAMS:
             raise ValueError(f"params must be one of {PARAMS}, got {params!r}")
@@ -77,6 +80,9 @@ class FAML:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
         if steps < 0:
             raise ValueError(f"steps must be ≥ 0, got {steps}")
+        if parallel is None:
+            trainable = sum(p.numel() for p in attributor.parameters() if p.requires_grad)
+            parallel = max(1, min(MAX_PARALLEL, PARALLEL_BYTES // (16 * max(trainable, 1))))
         if parallel < 1:
             raise ValueError(f"parallel must be ≥ 1, got {parallel}")
         if isinstance(metric, str):

@@ -88,7 +88,7 @@ class FAMLMethod(_AMLMethod):
         metric: str = "comp",
         lr: float | None = None,
         lora: dict | None = None,
-        parallel: int = 1,
+        parallel: int | None = None,
         attributor: AMLAttributor | None = None,
         internal_batch_size: int = 16,
     ) -> None:
