@@ -21,7 +21,7 @@ from amlx.data import TextClassificationData
 from amlx.models import ExplainedModel
 from amlx.results import write_results
 
-SLOW = {"shapley_sampling", "integrated_gradients", "gradient_shap", "lime", "kernel_shap", "faml"}
+SLOW = {"shapley_sampling", "integrated_gradients", "gradient_shap", "lime", "kernel_shap", "faml", "marc", "rpi", "mp_pi"}
 NEEDS_CHECKPOINT = {"paml", "faml"}
 
 
