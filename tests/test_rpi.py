@@ -257,7 +257,7 @@ def test_rpi_runs_from_explain_py_evaluate_with_oracle_and_proxy_aliases(tmp_pat
                    methods=["rpi", "rpi_mean=rpi"], method_options={"rpi": SMALL, "rpi_mean": {**SMALL, "selection": "mean"}},
                    metrics=["comp", "suff"], data={"test_size": 6, "val_size": 3}, out_dir=str(tmp_path / "run"))  # fmt: skip
     variants = {r["variant"] for r in res["rows"]}
-    assert variants == {"oracle-selected:comp R3n4", "proxy:mean R3n4"}
+    assert variants == {"oracle-selected:comp R3n4", "proxy:mean R3n4 [rpi_mean]"}  # aliased runs keep their alias
 
 
 def test_the_eval_config_names_valid_rpi_options():
