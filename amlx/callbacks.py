@@ -122,10 +122,14 @@ class MetricCheckpoint(ModelCheckpoint):
 
     ``export_to`` (an ``amlx:<name>`` → ``<amlx cache>/attributors/<name>.ckpt``, or a path) receives a copy of the
     best checkpoint when fit ends, so ``paml`` / ``faml`` load it by that name. Other arguments: ``ModelCheckpoint``.
+    The default file name carries the metric (``epoch=E-step=S-best-<metric>.ckpt``), so one run can keep one best
+    checkpoint per metric of interest (one ``MetricValidation`` + ``MetricCheckpoint`` pair per metric).
     """
 
     def __init__(self, metric: str = "comp", export_to: str | None = None, **kwargs) -> None:
         key, mode = monitor(metric)
+        if kwargs.get("filename") is None:
+            kwargs["filename"] = "{epoch}-{step}-best-" + metric
         super().__init__(monitor=key, mode=mode, **kwargs)
         self.metric = metric
         self.export_to = export_to

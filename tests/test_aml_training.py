@@ -95,10 +95,15 @@ def fitted(assets, tmp_path_factory):
     dm = datamodule(assets["data"])
     ckpt = MetricCheckpoint("suff", dirpath=out / "checkpoints", export_to=str(out / "exported.ckpt"))
     recorder = Recorder("val/suff")
+    # a second metric of interest in the same run, with its own best checkpoint in the same folder
+    ckpt_comp = MetricCheckpoint("comp", dirpath=out / "checkpoints", export_to=str(out / "exported-comp.ckpt"))
+    recorder_comp = Recorder("val/comp")
     tr = trainer(max_epochs=3, limit_train_batches=3, enable_checkpointing=True, default_root_dir=out,
-                 callbacks=[MetricValidation("suff", n_examples=N_VAL, batch_size=3), ckpt, recorder])  # fmt: skip
+                 callbacks=[MetricValidation("suff", n_examples=N_VAL, batch_size=3), ckpt, recorder,
+                            MetricValidation("comp", n_examples=N_VAL, batch_size=3), ckpt_comp, recorder_comp])  # fmt: skip
     tr.fit(att, datamodule=dm)
-    return {"att": att, "dm": dm, "trainer": tr, "ckpt": ckpt, "values": recorder.values, "out": out}
+    return {"att": att, "dm": dm, "trainer": tr, "ckpt": ckpt, "values": recorder.values, "out": out,
+            "ckpt_comp": ckpt_comp, "values_comp": recorder_comp.values}  # fmt: skip
 
 
 def test_metric_validation_logs_the_evaluator_value_of_the_attributors_current_maps(fitted):
@@ -119,6 +124,20 @@ def test_checkpoint_keeps_the_epoch_with_the_best_metric_in_its_direction_and_ex
     reloaded = AMLAttributor.from_checkpoint(str(fitted["out"] / "exported.ckpt"), explained=fitted["att"].explained)
     texts = fitted["dm"].split("val")["text"][:N_VAL]
     assert metric_of_attributor(reloaded, texts, "suff") == pytest.approx(values[best], abs=1e-6)
+
+
+def test_one_run_keeps_one_best_checkpoint_per_metric_of_interest(fitted):
+    suff, comp = fitted["ckpt"], fitted["ckpt_comp"]
+    values = fitted["values_comp"]
+    assert len(values) == 3 and len(set(np.round(values, 6))) > 1
+    best = int(np.argmax(values))  # Comp: higher is better
+    assert comp.mode == "max" and float(comp.best_model_score) == pytest.approx(values[best], abs=1e-6)
+    assert re.search(rf"epoch={best}-step=\d+-best-comp\.ckpt$", comp.best_model_path)
+    assert suff.best_model_path.endswith("-best-suff.ckpt") and Path(suff.best_model_path).exists()
+    assert filecmp.cmp(comp.best_model_path, fitted["out"] / "exported-comp.ckpt", shallow=False)
+    texts = fitted["dm"].split("val")["text"][:N_VAL]
+    reloaded = AMLAttributor.from_checkpoint(str(fitted["out"] / "exported-comp.ckpt"), explained=fitted["att"].explained)
+    assert metric_of_attributor(reloaded, texts, "comp") == pytest.approx(values[best], abs=1e-6)
 
 
 def test_monitor_modes_follow_the_metric_registry_directions():

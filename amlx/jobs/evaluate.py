@@ -25,7 +25,7 @@ from amlx import methods as method_registry
 from amlx import metrics as metric_registry
 from amlx.data import TextClassificationData
 from amlx.evaluation import DEFAULT_METRICS, Evaluator
-from amlx.models import ExplainedModel
+from amlx.models import ExplainedModel, resolve_device
 from amlx.records import save_jsonl
 from amlx.results import write_results
 
@@ -82,6 +82,7 @@ def evaluate(
     out_dir: str = "outputs/evaluate",
     results_name: str | None = None,
     progress: bool = True,
+    device: str = "auto",
 ) -> dict:
     """Attribute the first ``n`` examples of ``split`` with every method and score them with every metric.
 
@@ -90,11 +91,12 @@ def evaluate(
     ``perturbation`` / ``unit`` / ``rounding`` override every metric's default (see docs/evaluation.md).
     ``model_options`` go to ``ExplainedModel.from_pretrained`` (e.g. ``{mask: "id:4563"}``: the token that
     replaces masked units, for the methods and the metrics alike). ``data`` holds further ``TextClassificationData`` options (split sizes, columns); the defaults reproduce the
-    splits the default classifier was trained on.
+    splits the default classifier was trained on. ``device``: ``auto`` (a CUDA GPU when one is visible, else the
+    CPU), ``cpu``, ``cuda`` or ``cuda:N``: the explained model, the methods and the metrics' forward passes run there.
     """
     method_options = method_options or {}
     out = Path(out_dir)
-    explained = ExplainedModel.from_pretrained(model, kind=kind, **(model_options or {}))
+    explained = ExplainedModel.from_pretrained(model, kind=kind, **(model_options or {})).to(resolve_device(device))
     dm = TextClassificationData(dataset=dataset, labels=explained.labels, seed=seed, **(data or {}))
     table = dm.split(split)
     n = min(n, len(table))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from amlx import methods as method_registry
 from amlx import render
-from amlx.models.explained import ExplainedModel
+from amlx.models.explained import ExplainedModel, resolve_device
 from amlx.records import Attribution, save_jsonl
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ def explain(
     html: bool = True,
     terminal: bool = True,
     kind: str = "auto",
+    device: str = "auto",
 ) -> list[Attribution]:
     """Explain the model's predictions on the given texts with each method; save ``attributions.jsonl`` (+ ``.html``).
 
@@ -68,12 +69,13 @@ def explain(
         html: write the HTML page.
         terminal: print the coloured terminal view.
         kind: explained-model kind (auto | encoder | decoder | prompted).
+        device: where the explained model and the methods run: auto (a CUDA GPU when visible, else CPU) | cpu | cuda[:N].
     """
     method_options = method_options or {}
     unknown = sorted(set(method_options) - set(methods))
     if unknown:
         raise ValueError(f"method_options for {unknown}, which are not in methods={methods}")
-    explained = ExplainedModel.from_pretrained(model, kind=kind)
+    explained = ExplainedModel.from_pretrained(model, kind=kind).to(resolve_device(device))
     batch, ids, labels = load_texts(texts, file, dataset, split, n, seed)
     enc = explained.encode(batch)
     records: list[Attribution] = []

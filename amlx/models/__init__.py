@@ -1,5 +1,5 @@
 """Explained-model wrappers and the classifier fine-tuning module."""
 
-from amlx.models.explained import Encoded, ExplainedModel
+from amlx.models.explained import Encoded, ExplainedModel, resolve_device
 
-__all__ = ["Encoded", "ExplainedModel"]
+__all__ = ["Encoded", "ExplainedModel", "resolve_device"]

@@ -36,6 +36,19 @@ DEFAULT_TEMPLATE = "Review: {text}\nSentiment:"
 DEFAULT_VERBALIZERS = (" negative", " positive")
 
 
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` → the first CUDA GPU when one is visible, else the CPU; any other value is taken as a torch device.
+
+    Asking for ``cuda`` on a machine without a visible GPU is refused with a clear message (never a silent CPU run).
+    """
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but torch sees no CUDA GPU here; use device=cpu or auto")
+    return dev
+
+
 class EmptyTextError(ValueError):
     """An input text is empty or whitespace only."""
 
