@@ -17,7 +17,7 @@ import yaml
 from amlx import assets
 from amlx.data import TextClassificationData
 from amlx.evaluation import DEFAULT_METRICS
-from amlx.models import ExplainedModel
+from amlx.models import ExplainedModel, resolve_device
 
 DEFAULT_METHODS = ["random", "gradient_x_input", "saliency", "paml", "faml"]
 
@@ -85,7 +85,7 @@ def main(
     else:
         print(f"[amlx] using the cached classifier {assets.local_path(explained_model)}", flush=True)
     done("fine-tune classifier" if trained_classifier else "classifier (cached)")
-    model = ExplainedModel.from_pretrained(explained_model)
+    model = ExplainedModel.from_pretrained(explained_model).to(resolve_device("auto"))  # a GPU when one is visible
     acc, n = test_accuracy(model, classifier_data(classifier_config))
     print(f"[amlx] {explained_model}: test accuracy {acc:.4f} on {n} examples", flush=True)
     out = {"explained_model": explained_model, "test_accuracy": acc, "n": n}
