@@ -19,7 +19,7 @@ import numpy as np
 
 from amlx import methods
 from amlx.data import TextClassificationData
-from amlx.models import ExplainedModel
+from amlx.models import ExplainedModel, resolve_device
 from amlx.results import write_results
 
 
@@ -43,9 +43,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda[:N] | auto (results of a GPU run get a '-cuda' suffix)")
     args = ap.parse_args()
 
-    model = ExplainedModel.from_pretrained(args.model)
+    device = resolve_device(args.device)
+    model = ExplainedModel.from_pretrained(args.model).to(device)
     texts = TextClassificationData(dataset="amlx:movies", seed=0).split("test")["text"]
     configured = {label: methods.get(name, **opts) for label, (name, opts) in variants(args.checkpoint, args.steps).items()}
     for m in configured.values():
@@ -73,7 +75,7 @@ def main() -> None:
         "stacked parameters; 'lora' a rank-8 adapter + head; 'head' the token head only, all instances at once. "
         "Internal batch 16 for every method."
     )
-    name = "aml-speed-" + args.model.replace("amlx:", "").replace("/", "-")
+    name = "aml-speed-" + args.model.replace("amlx:", "").replace("/", "-") + ("-cuda" if device.type == "cuda" else "")
     print(write_results(name, rows, setup, command="python benchmarks/aml_speed.py " + " ".join(sys.argv[1:]),
                         notes=notes))  # fmt: skip
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from amlx import methods
 from amlx.data import TextClassificationData
-from amlx.models import ExplainedModel
+from amlx.models import ExplainedModel, resolve_device
 from amlx.results import write_results
 
 SLOW = {"shapley_sampling", "integrated_gradients", "gradient_shap", "lime", "kernel_shap", "faml", "marc", "rpi", "mp_pi"}
@@ -32,9 +32,11 @@ def main() -> None:
     ap.add_argument("--slow-n", type=int, default=5)
     ap.add_argument("--methods", nargs="*", default=None, help="default: every registered method")
     ap.add_argument("--checkpoint", default=None, help="pAML checkpoint for paml/faml (skipped without one)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda[:N] | auto (results of a GPU run get a '-cuda' suffix)")
     args = ap.parse_args()
 
-    model = ExplainedModel.from_pretrained(args.model)
+    device = resolve_device(args.device)
+    model = ExplainedModel.from_pretrained(args.model).to(device)
     texts = TextClassificationData(dataset="amlx:movies", seed=0).split("test")["text"]
     rows, skipped = [], []
     for name in args.methods or methods.names():
@@ -57,7 +59,7 @@ def main() -> None:
     setup = {"explained_model": args.model, "kind": model.kind, "dataset": "amlx:movies", "split": "test",
              "n_examples": args.n, "slow_n": args.slow_n}  # fmt: skip
     notes = "Default options of every method. Not measured: " + ("; ".join(skipped) if skipped else "none") + "."
-    name = "speed-" + args.model.replace("amlx:", "").replace("/", "-")
+    name = "speed-" + args.model.replace("amlx:", "").replace("/", "-") + ("-cuda" if device.type == "cuda" else "")
     path = write_results(name, rows, setup, command="python benchmarks/method_speed.py " + " ".join(sys.argv[1:]),
                          notes=notes)  # fmt: skip
     print(path)

@@ -59,6 +59,8 @@ class AttributionMethod:
                 probs = model.probs(input_ids=chunk.input_ids, attention_mask=chunk.attention_mask)
             tgt = probs.argmax(-1) if targets is None else targets[rows].to(model.device)
             scores = self.scores(chunk, model, tgt, **({"probs": probs} if self.takes_probs else {}))
+            if scores.device.type == "cuda":  # kernels run asynchronously: wait for them before reading the clock
+                torch.cuda.synchronize(scores.device)
             seconds = (time.perf_counter() - t0) / len(chunk)
             recs = records_from_encoded(
                 chunk, model.tokenizer, scores, tgt, probs, model.labels, self.name, self.variant, seconds
