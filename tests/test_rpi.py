@@ -196,6 +196,7 @@ def test_prediction_row_is_the_first_token_for_encoders_and_the_last_real_token_
     left = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     enc = lambda am: Encoded(am, am, am.bool(), torch.zeros(2, 5, 2), am, ["", ""], [False, False])  # noqa: E731
     assert prediction_rows(enc(right), "encoder").tolist() == [0, 0]
+    assert prediction_rows(enc(left), "encoder").tolist() == [2, 0]  # the first real token, whatever the padding
     assert prediction_rows(enc(right), "decoder").tolist() == [2, 4]
     assert prediction_rows(enc(left), "prompted").tolist() == [4, 4]
 

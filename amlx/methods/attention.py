@@ -15,9 +15,10 @@ from amlx.models.explained import Encoded, last_positions
 
 
 def prediction_rows(enc: Encoded, kind: str) -> Tensor:
-    """Index of the position each example's prediction is read at: [batch]."""
+    """Index of the position each example's prediction is read at: [batch] (the first real token for encoders —
+    [CLS] / <s>, position 0 under amlx's right padding, and still the right one for a left-padded batch)."""
     if kind == "encoder":
-        return torch.zeros(len(enc), dtype=torch.long, device=enc.input_ids.device)
+        return enc.attention_mask.long().argmax(1)
     return last_positions(enc.attention_mask)
 
 
