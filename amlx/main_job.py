@@ -116,7 +116,7 @@ def main(
     done(f"evaluate {n_eval} examples")
     report_options = {k: v for k, v in options.items() if k in methods}
     explain(model=explained_model, methods=methods, method_options=report_options, dataset=dm_args.get("dataset"),
-            n=n_report, seed=dm_args.get("seed", 0), out_dir=f"{out_dir}/report", terminal=False)  # fmt: skip
+            n=n_report, seed=dm_args.get("seed", 0), data=data, out_dir=f"{out_dir}/report", terminal=False)  # fmt: skip
     done(f"HTML report of {n_report} examples")
     total = time.perf_counter() - t0
     print(f"[amlx] HTML report: {out_dir}/report ({total:.0f} s in all)", flush=True)

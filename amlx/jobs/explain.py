@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 
 def load_texts(
-    texts: list[str] | None, file: str | None, dataset: str | None, split: str, n: int, seed: int
+    texts: list[str] | None, file: str | None, dataset: str | None, split: str, n: int, seed: int,
+    data: dict | None = None,
 ) -> tuple[list[str], list[str], list[int | None]]:
     """(texts, example ids, gold labels or None) from exactly one source: a list, a text file, or a dataset split."""
     given = [name for name, v in (("texts", texts), ("file", file), ("dataset", dataset)) if v]
@@ -31,7 +32,7 @@ def load_texts(
         return [t for _, t in kept], [f"{file}:{i}" for i, _ in kept], [None] * len(kept)
     from amlx.data import TextClassificationData
 
-    rows = TextClassificationData(dataset=dataset, seed=seed).split(split)
+    rows = TextClassificationData(dataset=dataset, seed=seed, **(data or {})).split(split)
     rows = rows.select(range(min(n, len(rows))))
     return list(rows["text"]), [f"{dataset}/{split}/{i}" for i in rows["index"]], list(rows["label"])
 
@@ -51,6 +52,7 @@ def explain(
     terminal: bool = True,
     kind: str = "auto",
     device: str = "auto",
+    data: dict | None = None,
 ) -> list[Attribution]:
     """Explain the model's predictions on the given texts with each method; save ``attributions.jsonl`` (+ ``.html``).
 
@@ -70,13 +72,15 @@ def explain(
         terminal: print the coloured terminal view.
         kind: explained-model kind (auto | encoder | decoder | prompted).
         device: where the explained model and the methods run: auto (a CUDA GPU when visible, else CPU) | cpu | cuda[:N].
+        data: further ``TextClassificationData`` options for ``dataset`` (e.g. ``{val_size: 500, test_size: 2000}``:
+            the splits the explained classifier was trained on).
     """
     method_options = method_options or {}
     unknown = sorted(set(method_options) - set(methods))
     if unknown:
         raise ValueError(f"method_options for {unknown}, which are not in methods={methods}")
     explained = ExplainedModel.from_pretrained(model, kind=kind).to(resolve_device(device))
-    batch, ids, labels = load_texts(texts, file, dataset, split, n, seed)
+    batch, ids, labels = load_texts(texts, file, dataset, split, n, seed, data)
     enc = explained.encode(batch)
     records: list[Attribution] = []
     for name in methods:
