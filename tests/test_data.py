@@ -7,7 +7,7 @@ import json
 import pytest
 
 from amlx import assets
-from amlx.data import DatasetLabelError, TextClassificationData, load_table, plant
+from amlx.data import DatasetLabelError, TextClassificationData, data_from_options, load_table, plant
 
 
 @pytest.fixture
@@ -43,6 +43,20 @@ def test_splits_are_disjoint_seeded_and_sized(movie_cache):
     assert set(again.split("test")["id"]) == ids["test"]
     other = TextClassificationData(test_size=10, val_size=6, seed=4)
     assert set(other.split("test")["id"]) != ids["test"]
+
+
+def test_validation_alias_and_job_data_options(movie_cache):
+    dm = data_from_options("amlx:movies", 3, {"test_size": 10, "val_size": 6})
+    assert list(dm.split("validation")["id"]) == list(dm.split("val")["id"]) == list(dm.split("dev")["id"])
+    same = TextClassificationData(test_size=10, val_size=6, seed=3)
+    assert list(same.split("val")["id"]) == list(dm.split("val")["id"])  # the top-level seed is the one used
+    assert list(data_from_options("amlx:movies", 3, {"seed": 3, "val_size": 6, "test_size": 10}).split("val")["id"]) == list(
+        dm.split("val")["id"]
+    )  # repeating the same value is fine
+    with pytest.raises(ValueError, match=r"seed: 0 \(top level\) vs 1 \(data\)"):
+        data_from_options("amlx:movies", 0, {"seed": 1})
+    with pytest.raises(ValueError, match="split must be one of"):
+        dm.split("holdout")
 
 
 def test_too_small_dataset_for_the_requested_splits_raises(movie_cache):

@@ -1,7 +1,7 @@
 """Data: text-classification tables, seeded splits, the planted-token variant."""
 
-from amlx.data.datamodule import TextClassificationData, collate
+from amlx.data.datamodule import TextClassificationData, collate, data_from_options
 from amlx.data.planted import plant
 from amlx.data.sources import DatasetLabelError, load_table
 
-__all__ = ["DatasetLabelError", "TextClassificationData", "collate", "load_table", "plant"]
+__all__ = ["DatasetLabelError", "TextClassificationData", "collate", "data_from_options", "load_table", "plant"]

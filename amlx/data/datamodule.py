@@ -16,6 +16,7 @@ from amlx.data.planted import plant
 from amlx.data.sources import SENTIMENT_LABELS, load_table
 
 SPLITS = ("train", "val", "test")
+SPLIT_ALIASES = {"validation": "val", "valid": "val", "dev": "val"}  # the names other libraries use for "val"
 HUB_SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val", "dev"), "test": ("test",)}
 
 
@@ -97,9 +98,10 @@ class TextClassificationData(L.LightningDataModule):
         return found
 
     def split(self, name: str) -> datasets.Dataset:
-        """The ``train`` / ``val`` / ``test`` table (rows: text, label, index, ...)."""
+        """The ``train`` / ``val`` / ``test`` table (rows: text, label, index, ...); ``validation`` / ``dev`` = ``val``."""
+        name = SPLIT_ALIASES.get(name, name)
         if name not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
+            raise ValueError(f"split must be one of {SPLITS} (or {tuple(SPLIT_ALIASES)} for 'val'), got {name!r}")
         self.setup()
         return self._splits[name]
 
@@ -140,3 +142,17 @@ def collate(rows: list[dict]) -> dict:
         else:
             out[key] = vals
     return out
+
+
+def data_from_options(dataset: str, seed: int, data: dict | None = None, **fixed) -> TextClassificationData:
+    """The data module of a job with top-level ``dataset`` / ``seed`` and further ``data`` options (split sizes, ...).
+
+    A key given both at the top level and in ``data`` with different values is an error, not a silent choice.
+    """
+    data = dict(data or {})
+    top = {"dataset": dataset, "seed": seed, **fixed}
+    clash = {k: (v, data[k]) for k, v in top.items() if k in data and data[k] != v}
+    if clash:
+        detail = ", ".join(f"{k}: {a!r} (top level) vs {b!r} (data)" for k, (a, b) in clash.items())
+        raise ValueError(f"data options contradict the job's own options ({detail}); set each in one place")
+    return TextClassificationData(**{**data, **top})

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from amlx import methods as method_registry
 from amlx import metrics as metric_registry
-from amlx.data import TextClassificationData
+from amlx.data import data_from_options
 from amlx.evaluation import DEFAULT_METRICS, Evaluator
 from amlx.models import ExplainedModel, resolve_device
 from amlx.records import save_jsonl
@@ -97,7 +97,7 @@ def evaluate(
     method_options = method_options or {}
     out = Path(out_dir)
     explained = ExplainedModel.from_pretrained(model, kind=kind, **(model_options or {})).to(resolve_device(device))
-    dm = TextClassificationData(dataset=dataset, labels=explained.labels, seed=seed, **(data or {}))
+    dm = data_from_options(dataset, seed, data, labels=explained.labels)
     table = dm.split(split)
     n = min(n, len(table))
     texts, ids = table["text"][:n], [str(i) for i in table["index"][:n]]

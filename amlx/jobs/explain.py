@@ -30,9 +30,9 @@ def load_texts(
         lines = [line.strip() for line in Path(file).read_text(encoding="utf-8").splitlines()]
         kept = [(i, t) for i, t in enumerate(lines, 1) if t]
         return [t for _, t in kept], [f"{file}:{i}" for i, _ in kept], [None] * len(kept)
-    from amlx.data import TextClassificationData
+    from amlx.data import data_from_options
 
-    rows = TextClassificationData(dataset=dataset, seed=seed, **(data or {})).split(split)
+    rows = data_from_options(dataset, seed, data).split(split)
     rows = rows.select(range(min(n, len(rows))))
     return list(rows["text"]), [f"{dataset}/{split}/{i}" for i in rows["index"]], list(rows["label"])
 
