@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> Path:
     return write_results(
         args.name, rows, {**table["setup"], "top_percent": args.percent},
         command="python benchmarks/readout_token.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        notes=(f"last_in_top: share of examples whose last attributable token (the one a decoder classifier reads "
+        notes=(f"Attributions and per-example {args.metric} from `{table['command']}`. last_in_top: share of examples whose last attributable token (the one a decoder classifier reads "
                f"its prediction from) is in the method's top {args.percent:g}% tokens; top_rel_position: mean "
                "relative position of those tokens (0 first, 1 last). mean/ci95: the evaluation's own "
                f"{args.metric}."),
