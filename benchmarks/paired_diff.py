@@ -1,0 +1,92 @@
+"""Paired differences of every method against a reference method, per metric, from one evaluation's scores.
+
+    .venv/bin/python benchmarks/paired_diff.py outputs/evaluate/aml-minilm-smollm2-log-odds --name NAME
+
+``explain.py evaluate`` scores every method on the same examples, so "does A beat B" is best read on the
+per-example differences A − B: their mean and a 95% normal interval (1.96 · sd / √n) are much tighter than the two
+methods' own intervals. Rows: ``method`` = the evaluation's label of A, ``variant`` = ``minus <reference>``,
+``mean`` = mean of A − B, ``ci95``, ``n`` (examples scored by both), ``verdict`` = ``better`` / ``worse`` when the
+interval lies wholly on that side of 0 for the metric's direction (higher for comp/AOPC-C, lower for
+suff/log-odds/AOPC-S), ``undecided`` when it contains 0.
+Writes ``benchmarks/results/<name>.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from amlx import metrics as metric_registry  # noqa: E402
+from amlx.results import write_results  # noqa: E402
+
+
+def load_scores(path: Path) -> dict[int, dict]:
+    """Per-example metric values of one method: example index → row (the last row wins, as the job's resume does)."""
+    rows = {}
+    for line in path.open():
+        row = json.loads(line)
+        rows[row["index"]] = row
+    return rows
+
+
+def paired(a: dict[int, dict], b: dict[int, dict], metric: str) -> tuple[float, float, int]:
+    """(mean of a − b, 95% interval half-width, n) over the examples both score on ``metric``."""
+    common = sorted(i for i in a.keys() & b.keys() if metric in a[i] and metric in b[i])
+    d = np.array([a[i][metric] - b[i][metric] for i in common], dtype=float)
+    d = d[np.isfinite(d)]
+    if len(d) == 0:
+        return float("nan"), float("nan"), 0
+    ci = 1.96 * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return float(d.mean()), float(ci), len(d)
+
+
+def verdict(mean: float, ci: float, direction: str | None) -> str:
+    """``better`` / ``worse`` when the interval lies wholly on that side of 0, ``undecided`` when it contains 0."""
+    if direction is None or not np.isfinite(ci):
+        return "undecided"
+    lo, hi = mean - ci, mean + ci
+    if lo > 0 or hi < 0:
+        return "better" if (lo > 0) == (direction == "higher") else "worse"
+    return "undecided"
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out_dir", help="an `explain.py evaluate` output folder")
+    ap.add_argument("--name", required=True, help="results name (benchmarks/results/<name>.json)")
+    ap.add_argument("--reference", default="random", help="the label (scores/<label>.jsonl) to subtract")
+    args = ap.parse_args(argv)
+    out = Path(args.out_dir)
+    table = json.loads((out / "table.json").read_text())
+    metrics = list(dict.fromkeys(r["metric"] for r in table["rows"]))
+    ref_path = out / "scores" / f"{args.reference}.jsonl"
+    if not ref_path.is_file():
+        raise FileNotFoundError(f"no scores for the reference {args.reference!r} in {out}/scores")
+    ref = load_scores(ref_path)
+    rows = []
+    for metric in metrics:
+        for path in sorted((out / "scores").glob("*.jsonl")):
+            if path.stem == args.reference:
+                continue
+            mean, ci, n = paired(load_scores(path), ref, metric)
+            better = verdict(mean, ci, metric_registry.direction(metric))
+            rows.append({"method": path.stem, "variant": f"minus {args.reference}", "metric": metric, "mean": mean,
+                         "ci95": ci, "n": n, "verdict": better})  # fmt: skip
+    return write_results(
+        args.name, rows, {**table["setup"], "reference": args.reference},
+        command="python benchmarks/paired_diff.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        notes=(f"Per-example differences (method − {args.reference}) on the same examples of `{table['command']}`. "
+               "verdict: better / worse when the 95% interval lies wholly on that side of 0 (the metric's "
+               "direction), undecided when it contains 0. Bold marks the largest/smallest difference, not a test."),
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    print(main())
