@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "paired_diff.py"
-
-
-def _mod():
-    spec = importlib.util.spec_from_file_location("paired_diff", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.scripts import load_benchmark
 
 
 def test_paired_difference_mean_interval_and_common_examples():
-    mod = _mod()
+    mod = load_benchmark("paired_diff")
     a = {0: {"comp": 0.5}, 1: {"comp": 0.7}, 2: {"comp": 0.2}, 3: {"comp": 0.9}}  # example 3 not in b
     b = {0: {"comp": 0.4}, 1: {"comp": 0.4}, 2: {"comp": 0.2}}
     mean, ci, n = mod.paired(a, b, "comp")
@@ -29,7 +20,7 @@ def test_paired_difference_mean_interval_and_common_examples():
 
 
 def test_verdict_follows_the_metric_direction():
-    mod = _mod()
+    mod = load_benchmark("paired_diff")
     assert mod.verdict(0.05, 0.02, "higher") == "better"  # [0.03, 0.07] above 0: better for comp
     assert mod.verdict(0.05, 0.02, "lower") == "worse"  # worse for suff
     assert mod.verdict(-0.05, 0.02, "lower") == "better"

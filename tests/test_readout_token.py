@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "readout_token.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("readout_token", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.scripts import load_benchmark
 
 
 def _write(path: Path, records: list[dict]) -> Path:
@@ -24,7 +16,7 @@ def _write(path: Path, records: list[dict]) -> Path:
 
 
 def test_last_token_share_and_relative_position_follow_the_metrics_ranking(tmp_path):
-    mod = _load()
+    mod = load_benchmark("readout_token")
     recs = [
         # 10 attributable tokens → top 2; the last (index 9) is top-1, index 4 second: rel positions 1.0, 4/9
         {"attributable": [1] * 10, "scores": [0, 0, 0, 0, 0.5, 0, 0, 0, 0, 0.9]},

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import optuna
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "study_table.py"
+from tests.scripts import load_benchmark
 
 
 def test_complete_trials_only_with_objective_and_parameters():
-    spec = importlib.util.spec_from_file_location("study_table", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("study_table")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize")
     study.enqueue_trial({"lambda_a": 1.0})
