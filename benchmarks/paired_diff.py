@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from amlx import metrics as metric_registry  # noqa: E402
+from amlx.jobs.evaluate import summarize  # noqa: E402
 from amlx.results import write_results  # noqa: E402
 
 
@@ -39,12 +40,9 @@ def load_scores(path: Path) -> dict[int, dict]:
 def paired(a: dict[int, dict], b: dict[int, dict], metric: str) -> tuple[float, float, int]:
     """(mean of a − b, 95% interval half-width, n) over the examples both score on ``metric``."""
     common = sorted(i for i in a.keys() & b.keys() if metric in a[i] and metric in b[i])
-    d = np.array([a[i][metric] - b[i][metric] for i in common], dtype=float)
-    d = d[np.isfinite(d)]
-    if len(d) == 0:
-        return float("nan"), float("nan"), 0
-    ci = 1.96 * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
-    return float(d.mean()), float(ci), len(d)
+    d = [float(a[i][metric] - b[i][metric]) for i in common]
+    mean, ci = summarize(d)  # the evaluation job's own mean and interval, over the finite differences
+    return mean, ci, int(np.isfinite(d).sum())
 
 
 def verdict(mean: float, ci: float, direction: str | None) -> str:
