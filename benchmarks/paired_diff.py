@@ -55,30 +55,54 @@ def verdict(mean: float, ci: float, direction: str | None) -> str:
     return "undecided"
 
 
+def best_baseline(scores: dict[str, dict[int, dict]], metric: str, learned: tuple[str, ...]) -> str:
+    """The label whose mean ``metric`` is best in the metric's direction, among labels not starting with ``learned``."""
+    higher = metric_registry.direction(metric) == "higher"
+    means = {}
+    for label, rows in scores.items():
+        if label.startswith(learned):
+            continue
+        vals = [r[metric] for r in rows.values() if metric in r]
+        if vals:
+            means[label] = summarize(vals)[0]
+    if not means:
+        raise ValueError(f"no baseline (a label not starting with {learned}) has scores for {metric}")
+    return (max if higher else min)(means, key=means.get)
+
+
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out_dir", help="an `explain.py evaluate` output folder")
     ap.add_argument("--name", required=True, help="results name (benchmarks/results/<name>.json)")
-    ap.add_argument("--reference", default="random", help="the label (scores/<label>.jsonl) to subtract")
+    ap.add_argument("--reference", default="random",
+                    help="the label (scores/<label>.jsonl) to subtract, or 'best': per metric, the baseline with the "
+                         "best mean (labels not starting with a --learned prefix)")  # fmt: skip
+    ap.add_argument("--learned", default="paml,faml",
+                    help="comma-separated label prefixes of learned attributors, never a 'best' reference")
     args = ap.parse_args(argv)
     out = Path(args.out_dir)
     table = json.loads((out / "table.json").read_text())
     metrics = list(dict.fromkeys(r["metric"] for r in table["rows"]))
-    ref_path = out / "scores" / f"{args.reference}.jsonl"
-    if not ref_path.is_file():
-        raise FileNotFoundError(f"no scores for the reference {args.reference!r} in {out}/scores")
-    ref = load_scores(ref_path)
-    rows = []
+    scores = {p.stem: load_scores(p) for p in sorted((out / "scores").glob("*.jsonl"))}
+    learned = tuple(x for x in args.learned.split(",") if x)
+    rows, refs = [], {}
     for metric in metrics:
-        for path in sorted((out / "scores").glob("*.jsonl")):
-            if path.stem == args.reference:
+        ref_label = args.reference
+        if args.reference == "best":
+            ref_label = best_baseline(scores, metric, learned)
+            refs[metric] = ref_label
+        elif ref_label not in scores:
+            raise FileNotFoundError(f"no scores for the reference {args.reference!r} in {out}/scores")
+        for label, sc in scores.items():
+            if label == ref_label:
                 continue
-            mean, ci, n = paired(load_scores(path), ref, metric)
+            mean, ci, n = paired(sc, scores[ref_label], metric)
             better = verdict(mean, ci, metric_registry.direction(metric))
-            rows.append({"method": path.stem, "variant": f"minus {args.reference}", "metric": metric, "mean": mean,
+            rows.append({"method": label, "variant": f"minus {ref_label}", "metric": metric, "mean": mean,
                          "ci95": ci, "n": n, "verdict": better})  # fmt: skip
+    setup = {**table["setup"], "reference": args.reference, **({"best_baseline": refs} if refs else {})}
     return write_results(
-        args.name, rows, {**table["setup"], "reference": args.reference},
+        args.name, rows, setup,
         command="python benchmarks/paired_diff.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         notes=(f"Per-example differences (method − {args.reference}) on the same examples of `{table['command']}`. "
                "verdict: better / worse when the 95% interval lies wholly on that side of 0 (the metric's "

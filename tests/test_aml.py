@@ -110,6 +110,34 @@ def test_hard_conditioning_and_l1_sparsity_equal_hand_computed_values():
     assert terms["sparsity"].item() == pytest.approx((0.5 + 0.25) / 2, rel=1e-5)
 
 
+def test_hard_topk_marks_the_top_floor_k_fraction_of_attributable_tokens():
+    from amlx.attributors.aml import hard_topk
+
+    a = torch.tensor([[0.9, 0.1, 0.5, 0.7, 0.2], [0.3, 0.8, 0.6, 0.1, 0.4]])
+    keep = torch.tensor([[True, True, True, True, True], [False, True, True, True, False]])
+    assert hard_topk(a, keep, 0.5).tolist() == [[1, 0, 0, 1, 0], [0, 1, 0, 0, 0]]  # ⌊2.5⌋ = 2, ⌊1.5⌋ = 1
+    assert hard_topk(a, keep, 0.01).tolist() == [[1, 0, 0, 0, 0], [0, 1, 0, 0, 0]]  # at least one token
+    assert hard_topk(a, keep, 1.0).tolist() == [[1, 1, 1, 1, 1], [0, 1, 1, 1, 0]]  # never a special token
+
+
+def test_hard_k_loss_masks_with_the_top_k_forward_and_passes_soft_gradients_back():
+    # text tokens 1, 2 with a = 0.5, 0.25: the top-50% (1 token) is token 1 → forward mask (1, 1, 0)
+    a = A.clone().requires_grad_()
+    terms = aml_loss(StubExplained(), stub_batch(), a, P, hard_k=0.5)
+    # M(hard, x) = x0 + x1 = (1.5, 0); M(1 − hard, x) = x0 + x2 = (0.5, 2.0); ŷ = 1
+    masked, inverse = log_softmax([1.5, 0.0]), log_softmax([0.5, 2.0])
+    assert terms["pred"].item() == pytest.approx(-(0.4 * masked[0] + 0.6 * masked[1]), rel=1e-5)
+    assert terms["inverse"].item() == pytest.approx(-math.log(1 - math.exp(inverse[1])), rel=1e-5)
+    sparsity = -(math.log(1 - 0.5) + math.log(1 - 0.25)) / 2  # L_a on the soft a
+    assert terms["sparsity"].item() == pytest.approx(sparsity, rel=1e-5)
+    terms["pred"].sum().backward()
+    # straight-through: the gradient is the soft loss's gradient taken at the hard mask
+    hard = torch.tensor([[1.0, 1.0, 0.0]], requires_grad=True)
+    aml_loss(StubExplained(), stub_batch(), hard, P)["pred"].sum().backward()
+    torch.testing.assert_close(a.grad[:, 1:], hard.grad[:, 1:])
+    assert a.grad[:, 1:].abs().sum() > 0
+
+
 # ---------------------------------------------------------------------------------------- the attributor
 
 

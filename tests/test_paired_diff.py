@@ -26,3 +26,25 @@ def test_verdict_follows_the_metric_direction():
     assert mod.verdict(-0.05, 0.02, "lower") == "better"
     assert mod.verdict(-0.05, 0.09, "lower") == "undecided"  # straddles 0
     assert mod.verdict(0.05, float("nan"), "higher") == "undecided"
+
+
+def test_best_baseline_follows_the_direction_and_skips_learned_labels():
+    mod = load_benchmark("paired_diff")
+    scores = {
+        "random": {0: {"comp": 0.1, "suff": 0.3}, 1: {"comp": 0.1, "suff": 0.3}},
+        "occlusion": {0: {"comp": 0.4, "suff": 0.0}, 1: {"comp": 0.2, "suff": 0.1}},  # comp 0.3, suff 0.05
+        "kernel_shap": {0: {"comp": 0.35, "suff": 0.02}, 1: {"comp": 0.35, "suff": 0.0}},  # comp 0.35, suff 0.01
+        "paml_x": {0: {"comp": 0.9, "suff": -1.0}, 1: {"comp": 0.9, "suff": -1.0}},  # learned: never the reference
+    }
+    assert mod.best_baseline(scores, "comp", ("paml", "faml")) == "kernel_shap"
+    assert mod.best_baseline(scores, "suff", ("paml", "faml")) == "kernel_shap"
+    scores["kernel_shap"][1]["suff"] = 0.2  # suff mean 0.11: occlusion (0.05) is now best (lower is better)
+    assert mod.best_baseline(scores, "suff", ("paml", "faml")) == "occlusion"
+
+
+def test_margin_ratio_is_the_share_of_the_best_baselines_margin_over_random():
+    mod = load_benchmark("margin_ratio")
+    assert math.isclose(mod.margin_ratio(0.3, 0.4, 0.1), 2 / 3)  # comp: learned 0.3, best 0.4, random 0.1
+    assert math.isclose(mod.margin_ratio(-0.8, -1.0, -0.2), 0.75)  # log-odds (lower is better): same formula
+    assert math.isclose(mod.margin_ratio(-1.2, -1.0, -0.2), 1.25)  # beyond the best baseline
+    assert math.isnan(mod.margin_ratio(0.5, 0.1, 0.1))

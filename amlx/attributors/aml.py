@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from amlx import assets
 from amlx.align import REDUCTIONS, align_scores
+from amlx.attributors.teacher import TEACHER_LOSSES, TeacherBatch, check_teacher, teacher_loss
 from amlx.models.explained import Encoded, ExplainedModel
 
 SPARSITY = ("bce", "l1")
@@ -86,18 +87,25 @@ def aml_loss(
     y: Tensor,
     lambdas: tuple[float, float, float] = (1.0, 1.0, 1.0),
     sparsity: str = "bce",
+    hard_k: float | None = None,
 ) -> dict[str, Tensor]:
     """AML loss terms per example (methods.md "AML"; seed 002 Eqs. 3–6): each ``[batch]``.
 
     ``a``: [batch, tokens] scores on the explained model's tokens (forced to 1 on non-attributable tokens);
     ``y``: [batch, classes] y_v; ``lambdas``: (λ_p, λ_a, λ_inv). The masked and the inversely masked inputs
-    go through F in one batch of 2·batch rows.
+    go through F in one batch of 2·batch rows. ``hard_k`` (a fraction in (0, 1]): the masks F sees are the hard
+    top-⌊k·n⌋ (≥ 1) indicator of ``a`` over the attributable tokens (what the metrics keep or remove), with the
+    straight-through gradient of ``a``; L_a stays on the soft ``a``.
     """
     if sparsity not in SPARSITY:
         raise ValueError(f"sparsity must be one of {SPARSITY}, got {sparsity!r}")
     keep = enc.attributable
     b = a.shape[0]
     a = torch.where(keep, a, torch.ones_like(a))
+    soft = a
+    if hard_k is not None:
+        a = a + (hard_topk(a, keep, hard_k) - a).detach()  # forward: the hard mask; backward: ∂/∂a of the soft one
+        a = torch.where(keep, a, torch.ones_like(a))
     inv = torch.where(keep, 1 - a, torch.ones_like(a))
     x = explained.embed(enc.input_ids)  # [batch, tokens, hidden]
     m = explained.mask_embedding()  # [hidden]
@@ -111,10 +119,25 @@ def aml_loss(
     # L_inv, Eq. 6: −log(1 − F(M(1−a, x))_ŷ), computed as −(logsumexp over classes ≠ ŷ − logsumexp over all)
     inverse = inv_logits.logsumexp(-1) - inv_logits.masked_fill(yhat, float("-inf")).logsumexp(-1)
     k = keep.sum(-1).clamp_min(1)
-    per_token = -torch.log((1 - a).clamp_min(EPS)) if sparsity == "bce" else a  # L_a: BCE to the zero prior, or L1
+    per_token = -torch.log((1 - soft).clamp_min(EPS)) if sparsity == "bce" else soft  # L_a: BCE to 0, or L1
     sparse = (per_token * keep).sum(-1) / k
     lp, la, linv = lambdas
     return {"loss": lp * pred + la * sparse + linv * inverse, "pred": pred, "sparsity": sparse, "inverse": inverse}
+
+
+def hard_topk(a: Tensor, keep: Tensor, fraction: float) -> Tensor:
+    """1 on each row's top-⌊fraction·n⌋ (at least 1) attributable tokens by ``a``, else 0: [batch, tokens].
+
+    n = the row's attributable count; ⌊·⌋ is the metrics' default rounding (``amlx.metrics.perturb.n_units_for``),
+    with a minimum of one token so that every step carries a signal.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"hard_k must be a fraction in (0, 1], got {fraction}")
+    n = keep.sum(-1, keepdim=True)
+    k = torch.floor(n * fraction + 1e-9).clamp(min=1).minimum(n)  # [batch, 1]
+    order = a.detach().masked_fill(~keep, float("-inf")).argsort(-1, descending=True)
+    rank = order.argsort(-1)  # rank of every token in its row, 0 = highest
+    return ((rank < k) & keep).to(a.dtype)
 
 
 def tokenizer_fingerprint(tokenizer) -> dict:
@@ -144,6 +167,12 @@ class AMLAttributor(L.LightningModule):
     Options: ``lambda_p``, ``lambda_a``, ``lambda_inv`` (Eq. 4), ``sparsity`` bce | l1, ``class_conditioning``
     soft | hard, ``merge`` max | mean (several attributor tokens in one explained token), ``lr`` (AdamW,
     linear decay, no warmup; 4e-5 for encoder targets, 8e-5 documented for LLM targets).
+    Amortization (``amlx.attributors.teacher``): with ``lambda_teacher`` > 0 and teacher maps in the batches
+    (``TextClassificationData(teacher=...)``), L += λ_teacher·L_teacher(s, t), where s is the head's pre-sigmoid
+    score and ``teacher_loss`` zmse | listnet | zmse+listnet (``teacher_temperature`` τ for listnet).
+    Metric-consistent training: ``hard_topk`` (fractions, e.g. the metrics' k's [0.01, 0.05, 0.1, 0.2, 0.5]) makes
+    every training step mask F's input with the hard top-k of a for one k drawn from the list, straight-through
+    (``aml_loss(hard_k=...)``); validation and fAML keep the soft masks.
     """
 
     def __init__(
@@ -162,6 +191,10 @@ class AMLAttributor(L.LightningModule):
         freeze_word_embeddings: bool = True,
         max_length: int = 512,
         explained_options: dict | None = None,
+        lambda_teacher: float = 0.0,
+        teacher_loss: str = "zmse",
+        teacher_temperature: float = 1.0,
+        hard_topk: list[float] | None = None,
     ) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
@@ -172,6 +205,12 @@ class AMLAttributor(L.LightningModule):
             raise ValueError(f"class_conditioning must be one of {CONDITIONING}, got {class_conditioning!r}")
         if merge not in REDUCTIONS:
             raise ValueError(f"merge must be one of {REDUCTIONS}, got {merge!r}")
+        if teacher_loss not in TEACHER_LOSSES:
+            raise ValueError(f"teacher_loss must be one of {TEACHER_LOSSES}, got {teacher_loss!r}")
+        if lambda_teacher < 0:
+            raise ValueError(f"lambda_teacher must be ≥ 0, got {lambda_teacher}")
+        if hard_topk is not None and (not hard_topk or not all(0 < k <= 1 for k in hard_topk)):
+            raise ValueError(f"hard_topk must be a non-empty list of fractions in (0, 1], got {hard_topk}")
         self.save_hyperparameters()
         object.__setattr__(self, "_frozen", _Frozen())
         self._expected: dict | None = None  # the explained model a loaded checkpoint was trained for
@@ -274,9 +313,13 @@ class AMLAttributor(L.LightningModule):
         back = pos[:, :s] + (pos[:, :s] >= length).long()  # drop the class-embedding token's state
         return h.gather(1, back[..., None].expand(b, s, h.shape[-1]))
 
+    def head_logits(self, h: Tensor) -> Tensor:
+        """The shared MLP head's pre-sigmoid score s on every token: [batch, source, d] → [batch, source]."""
+        return self.head(h)[..., 0]
+
     def head_scores(self, h: Tensor) -> Tensor:
-        """The shared MLP head on every token: [batch, source, d] → a ∈ [0, 1]^[batch, source]."""
-        return torch.sigmoid(self.head(h)[..., 0])
+        """The shared MLP head on every token: [batch, source, d] → a = σ(s) ∈ [0, 1]^[batch, source]."""
+        return torch.sigmoid(self.head_logits(h))
 
     def to_explained(self, a_src: Tensor, inputs: AttributorInputs, enc: Encoded) -> Tensor:
         """Attributor-token scores → explained-model-token scores [batch, tokens] (0 where not attributable)."""
@@ -288,10 +331,10 @@ class AMLAttributor(L.LightningModule):
         a_src = self.head_scores(self.hidden(inputs.input_ids, inputs.attention_mask, y))
         return self.to_explained(a_src, inputs, enc)
 
-    def loss_terms(self, enc: Encoded, a: Tensor, y: Tensor) -> dict[str, Tensor]:
+    def loss_terms(self, enc: Encoded, a: Tensor, y: Tensor, hard_k: float | None = None) -> dict[str, Tensor]:
         """``aml_loss`` with this attributor's λ's and sparsity option."""
         hp = self.hparams
-        return aml_loss(self.explained, enc, a, y, (hp.lambda_p, hp.lambda_a, hp.lambda_inv), hp.sparsity)
+        return aml_loss(self.explained, enc, a, y, (hp.lambda_p, hp.lambda_a, hp.lambda_inv), hp.sparsity, hard_k)
 
     def prepare(
         self, inputs: list[str] | Encoded, target: Tensor | None = None, probs: Tensor | None = None
@@ -310,11 +353,33 @@ class AMLAttributor(L.LightningModule):
                 p = explained.probs(input_ids=enc.input_ids, attention_mask=enc.attention_mask)
         return enc, p, condition(p, self.hparams.class_conditioning, target)
 
-    def forward(self, inputs: list[str] | Encoded, target: Tensor | None = None) -> AMLOutput:
-        """Scores and loss terms of a batch; labels are F's own predictions (pAML needs no gold labels)."""
+    def forward(
+        self, inputs: list[str] | Encoded, target: Tensor | None = None, teacher: list[dict] | None = None
+    ) -> AMLOutput:
+        """Scores and loss terms of a batch; labels are F's own predictions (pAML needs no gold labels).
+
+        ``teacher``: one ``teacher_row`` per example (from the data module); with ``lambda_teacher`` > 0 it adds
+        the term "teacher" (L_teacher of the pre-sigmoid scores on the attributor's tokens) to the loss.
+        """
         enc, p, y = self.prepare(inputs, target)
-        a = self.token_scores(enc, y)
-        return AMLOutput(a * enc.attributable, self.loss_terms(enc, a, y), p)
+        src = self.tokenize(enc.texts).to(self.device)
+        logits = self.head_logits(self.hidden(src.input_ids, src.attention_mask, y))  # [batch, source]
+        a = self.to_explained(torch.sigmoid(logits), src, enc)
+        hp = self.hparams
+        if hp.lambda_p or hp.lambda_a or hp.lambda_inv:
+            hard_k = None
+            if self.training and hp.hard_topk:  # one of the metrics' k's per step (drawn with torch's RNG)
+                hard_k = float(hp.hard_topk[int(torch.randint(len(hp.hard_topk), ()))])
+            terms = self.loss_terms(enc, a, y, hard_k)
+        else:  # pure amortization: F's masked passes would only be multiplied by 0
+            terms = {"loss": torch.zeros(len(enc), device=self.device)}
+        lt = hp.lambda_teacher
+        if teacher is not None and lt > 0:
+            check_teacher(teacher, self.explained, enc)
+            t = TeacherBatch.from_rows(teacher).on_tokens(src.offsets, src.valid)
+            terms["teacher"] = teacher_loss(logits, t, src.valid, hp.teacher_loss, hp.teacher_temperature)
+            terms["loss"] = terms["loss"] + lt * terms["teacher"]
+        return AMLOutput(a * enc.attributable, terms, p)
 
     @torch.no_grad()
     def scores(self, enc: Encoded, target: Tensor | None = None, probs: Tensor | None = None) -> Tensor:
@@ -332,7 +397,7 @@ class AMLAttributor(L.LightningModule):
 
     # ---------------------------------------------------------------------------------------- training
     def _step(self, batch: dict, stage: str) -> Tensor:
-        out = self(batch["text"])
+        out = self(batch["text"], teacher=batch.get("teacher"))
         n = len(batch["text"])
         for k, v in out.terms.items():
             self.log(f"{stage}/{k}", v.mean(), prog_bar=k == "loss", batch_size=n, sync_dist=stage != "train")

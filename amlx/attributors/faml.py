@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from amlx.attributors.aml import AMLAttributor
+from amlx.attributors.aml import AMLAttributor, aml_loss
 from amlx.models.explained import Encoded
 
 PARAMS = ("all", "head", "lora")
@@ -59,7 +59,8 @@ class FAML:
     scored with the batched ``Evaluator``; or any callable ``metric(record, explained_model) -> float`` on an
     ``amlx.records.Attribution`` per recorded map. Its ``direction`` ('higher' | 'lower' is better) is used
     unless ``metric_direction`` is given. ``lr`` defaults to the attributor's pretraining lr; ``lora`` is a
-    peft ``LoraConfig`` dict.
+    peft ``LoraConfig`` dict. ``lambdas`` (λ_p, λ_a, λ_inv) default to the pretraining ones (methods.md "AML");
+    an attributor amortized from a teacher with the AML terms off needs its own.
     """
 
     def __init__(
@@ -73,6 +74,7 @@ class FAML:
         lr: float | None = None,
         lora: dict | None = None,
         parallel: int | None = None,
+        lambdas: tuple[float, float, float] | list[float] | None = None,
     ) -> None:
         if params not in PARAMS:
             raise ValueError(f"params must be one of {PARAMS}, got {params!r}")
@@ -101,6 +103,15 @@ class FAML:
         self.lr = lr if lr is not None else attributor.hparams.lr
         self.lora = {**DEFAULT_LORA, **(lora or {})}
         self.parallel = parallel
+        hp = attributor.hparams
+        self.lambdas = tuple(float(v) for v in (lambdas or (hp.lambda_p, hp.lambda_a, hp.lambda_inv)))
+        if len(self.lambdas) != 3 or min(self.lambdas) < 0:
+            raise ValueError(f"lambdas must be three weights ≥ 0 (λ_p, λ_a, λ_inv), got {lambdas}")
+        if not any(self.lambdas) and steps > 0:
+            raise ValueError(
+                "this attributor was pretrained with λ_p = λ_a = λ_inv = 0 (amortized from a teacher), so the AML loss "
+                "fAML minimizes is 0: give fAML its own weights, e.g. lambdas: [1.0, 1.0, 1.0]"
+            )
         self._work: AMLAttributor | None = None
         self._init: dict[str, Tensor] = {}
 
@@ -168,7 +179,7 @@ class FAML:
         def forward() -> tuple[Tensor, Tensor]:
             a_src = torch.sigmoid(torch.func.vmap(one)(params, h)[..., 0])  # [batch, source]
             a = att.to_explained(a_src, inputs, enc)
-            return a, att.loss_terms(enc, a, y)["loss"]
+            return a, self._loss(enc, a, y)
 
         return self._optimize(forward, list(params.values()))
 
@@ -196,7 +207,7 @@ class FAML:
                 a_i = torch.func.functional_call(scorer, {**shared, **tensors}, args)  # [1, n]
                 rows.append(torch.nn.functional.pad(a_i, (0, source - n)))
             a = att.to_explained(torch.cat(rows), inputs, enc)
-            return a, att.loss_terms(enc, a, y)["loss"]
+            return a, self._loss(enc, a, y)
 
         return self._optimize(forward, [t for tensors in copies for t in tensors.values()])
 
@@ -211,12 +222,17 @@ class FAML:
 
             def forward(work=work, row=row, y_b=y_b) -> tuple[Tensor, Tensor]:
                 a = work.token_scores(row, y_b)
-                return a, work.loss_terms(row, a, y_b)["loss"]
+                return a, self._loss(row, a, y_b)
 
             m, loss = self._optimize(forward, [p for p in work.parameters() if p.requires_grad])
             maps.append(m)
             losses.append(loss)
         return _cat_padded(maps, t), torch.cat(losses)
+
+    def _loss(self, enc: Encoded, a: Tensor, y: Tensor) -> Tensor:
+        """The per-instance AML loss [batch] with fAML's λ's (Eq. 4)."""
+        att = self.attributor
+        return aml_loss(att.explained, enc, a, y, self.lambdas, att.hparams.sparsity)["loss"]
 
     def _fresh_copy(self) -> AMLAttributor:
         """The working copy, built once (with the LoRA adapter for ``lora``) and reset to its initial state."""

@@ -25,7 +25,9 @@ class TextClassificationData(L.LightningDataModule):
 
     Sources without their own splits are shuffled with ``seed`` and cut into ``test_size`` test rows,
     ``val_size`` validation rows and the rest for training. ``planted=True`` turns every split into the
-    planted-token ground-truth variant (labels randomized, class word inserted, span recorded).
+    planted-token ground-truth variant (labels randomized, class word inserted, span recorded). ``teacher``: an
+    attribution JSONL of the train split (``explain.py explain``); training then uses the rows it covers and each
+    train batch carries their maps under ``"teacher"`` (``teacher_method`` picks one method of a mixed file).
     """
 
     def __init__(
@@ -44,11 +46,14 @@ class TextClassificationData(L.LightningDataModule):
         planted: bool = False,
         planted_position: str = "end",
         class_words: list[str] | None = None,
+        teacher: str | None = None,
+        teacher_method: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.labels = list(labels)
         self._splits: dict[str, datasets.Dataset] = {}
+        self._teacher: dict[int, dict] = {}  # train index → teacher_row (amlx.attributors.teacher)
 
     def setup(self, stage: str | None = None) -> None:
         if self._splits:
@@ -59,7 +64,7 @@ class TextClassificationData(L.LightningDataModule):
             splits = self._named_splits(table)
         else:
             splits = self._seeded_splits(table)
-        if hp.max_train_examples is not None:
+        if hp.max_train_examples is not None and not hp.teacher:
             splits["train"] = splits["train"].select(range(min(hp.max_train_examples, len(splits["train"]))))
         if hp.planted:
             words = hp.class_words or self.labels
@@ -67,6 +72,39 @@ class TextClassificationData(L.LightningDataModule):
                 k: plant(v, words, hp.planted_position, seed=hp.seed + i) for i, (k, v) in enumerate(splits.items())
             }
         self._splits = {k: v.add_column("index", list(range(len(v)))) for k, v in splits.items()}
+        if hp.teacher:
+            self._attach_teacher()
+
+    def _attach_teacher(self) -> None:
+        """Keep the train rows that have a teacher map (then ``max_train_examples`` of them); check their texts."""
+        from amlx.attributors.teacher import TeacherMismatchError, load_teacher, teacher_row
+
+        hp = self.hparams
+        records = load_teacher(hp.teacher, hp.teacher_method)
+        train = self._splits["train"]
+        prefix = f"{hp.dataset}/train/"
+        keep, rows = [], {}
+        for pos, (text, index) in enumerate(zip(train["text"], train["index"])):
+            rec = records.get(f"{prefix}{index}")
+            if rec is None:
+                continue
+            if rec.text != text:
+                raise TeacherMismatchError(
+                    f"the teacher record {prefix}{index} in {hp.teacher} has text {rec.text[:60]!r} but that train "
+                    f"row is {text[:60]!r}: the maps were made with other splits (dataset, seed, val_size, test_size) "
+                    "than this data module's; recompute them with `explain.py explain` on this split"
+                )
+            keep.append(pos)
+            rows[index] = teacher_row(rec)
+        if not keep:
+            raise TeacherMismatchError(
+                f"no record in {hp.teacher} belongs to the train split of {hp.dataset} (ids {prefix}<index>); "
+                "compute teacher maps with `explain.py explain --dataset ... --split train`"
+            )
+        if hp.max_train_examples is not None:
+            keep = keep[: hp.max_train_examples]
+        self._splits["train"] = train.select(keep)
+        self._teacher = rows
 
     def _seeded_splits(self, table: datasets.Dataset) -> dict[str, datasets.Dataset]:
         hp = self.hparams
@@ -107,8 +145,11 @@ class TextClassificationData(L.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         bs = self.hparams.batch_size if name == "train" else self.hparams.eval_batch_size
+        rows = self.split(name).to_list()
+        if name == "train" and self._teacher:
+            rows = [{**r, "teacher": self._teacher[r["index"]]} for r in rows]
         return DataLoader(
-            self.split(name).to_list(),
+            rows,
             batch_size=bs,
             shuffle=shuffle,
             num_workers=self.hparams.num_workers,

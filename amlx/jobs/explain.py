@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
+from tqdm.auto import tqdm
+
 from amlx import methods as method_registry
 from amlx import render
 from amlx.models.explained import ExplainedModel, resolve_device
-from amlx.records import Attribution, save_jsonl
+from amlx.records import Attribution, load_jsonl, save_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ def explain(
     kind: str = "auto",
     device: str = "auto",
     data: dict | None = None,
+    chunk_size: int | None = None,
 ) -> list[Attribution]:
     """Explain the model's predictions on the given texts with each method; save ``attributions.jsonl`` (+ ``.html``).
 
@@ -74,26 +78,64 @@ def explain(
         device: where the explained model and the methods run: auto (a CUDA GPU when visible, else CPU) | cpu | cuda[:N].
         data: further ``TextClassificationData`` options for ``dataset`` (e.g. ``{val_size: 500, test_size: 2000}``:
             the splits the explained classifier was trained on).
+        chunk_size: explain this many texts at a time and append each chunk to ``attributions.jsonl`` as it is done;
+            a re-run then skips the (method, example) pairs already there, so a long run (teacher maps for
+            amortized attributors) resumes. None: all texts in one pass and the file written anew.
     """
     method_options = method_options or {}
     unknown = sorted(set(method_options) - set(methods))
     if unknown:
         raise ValueError(f"method_options for {unknown}, which are not in methods={methods}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
     explained = ExplainedModel.from_pretrained(model, kind=kind).to(resolve_device(device))
     batch, ids, labels = load_texts(texts, file, dataset, split, n, seed, data)
-    enc = explained.encode(batch)
-    records: list[Attribution] = []
-    for name in methods:
-        recs = method_registry.get(name, **method_options.get(name, {})).attribute(enc, explained)
-        for r, example_id, label in zip(recs, ids, labels):
-            r.example_id = example_id
-            r.meta.update(model=model, **({"label": label} if label is not None else {}))
-        log.info("%s: %.3f s per example", name, sum(r.seconds for r in recs) / len(recs))
-        records += recs
     out = Path(out_dir)
-    save_jsonl(records, out / "attributions.jsonl")
+    path = out / "attributions.jsonl"
+    done = _resume(path, model) if chunk_size else {}
+    if not chunk_size and path.exists():
+        path.unlink()  # one-shot runs write the file anew
+    size = chunk_size or len(batch)
+    for name in methods:
+        method = method_registry.get(name, **method_options.get(name, {}))
+        todo = [i for i in range(len(batch)) if (name, ids[i]) not in done]
+        bar = tqdm(total=len(batch), initial=len(batch) - len(todo), desc=name, disable=not chunk_size)
+        for start in range(0, len(todo), size):
+            rows = todo[start : start + size]
+            torch.manual_seed(seed + rows[0])  # a resumed run draws what an uninterrupted one drew for this chunk
+            recs = method.attribute(explained.encode([batch[i] for i in rows]), explained)
+            for r, i in zip(recs, rows):
+                r.example_id = ids[i]
+                r.meta.update(model=model, **({"label": labels[i]} if labels[i] is not None else {}))
+                done[name, ids[i]] = r
+            save_jsonl(recs, path, append=True)  # one chunk per write: a kill loses at most the chunk in flight
+            bar.update(len(rows))
+        bar.close()
+        secs = [done[name, i].seconds for i in ids]
+        log.info("%s: %.3f s per example", name, sum(secs) / max(1, len(secs)))
+    records = [done[name, i] for name in methods for i in ids]
     if html:
         render.to_html(records, out / "attributions.html", title=f"amlx attributions: {model}")
     if terminal:
         render.to_terminal(records)
     return records
+
+
+def _resume(path: Path, model: str) -> dict[tuple[str, str], Attribution]:
+    """Records already in ``path`` by (method, example id); a torn last line (a killed write) is cut off."""
+    if not path.exists():
+        return {}
+    raw = path.read_bytes()
+    cut = raw.rfind(b"\n") + 1
+    if cut < len(raw):
+        with path.open("r+b") as f:
+            f.truncate(cut)
+        log.warning("%s: dropped a partial last line left by an interrupted run", path)
+    done = {}
+    for r in load_jsonl(path):
+        if r.meta.get("model") != model:
+            raise ValueError(
+                f"{path} holds maps of {r.meta.get('model')!r}, not {model!r}: use another out_dir or delete the file"
+            )
+        done[r.method, r.example_id] = r
+    return done

@@ -89,12 +89,13 @@ class FAMLMethod(_AMLMethod):
         lr: float | None = None,
         lora: dict | None = None,
         parallel: int | None = None,
+        lambdas: list[float] | None = None,
         attributor: AMLAttributor | None = None,
         internal_batch_size: int = 16,
     ) -> None:
         super().__init__(checkpoint, attributor, internal_batch_size)
         self.faml = FAML(self.attributor, steps, params, selection, metric if selection == "metric" else None,
-                         lr=lr, lora=lora, parallel=parallel)  # fmt: skip
+                         lr=lr, lora=lora, parallel=parallel, lambdas=lambdas)  # fmt: skip
         self.variant = f"oracle-selected:{metric}" if selection == "metric" else f"select:{selection}"
 
     def scores(self, enc: Encoded, model, target: Tensor, probs: Tensor | None = None) -> Tensor:
