@@ -151,10 +151,12 @@ def test_data_module_trains_on_the_rows_with_teacher_maps_and_carries_them(asset
 
 def test_data_module_refuses_teacher_records_of_other_texts(assets, teacher_file, tmp_path):
     recs = load_jsonl(teacher_file)
+    recs[1].text = recs[1].text[:10]  # what a model with a short max length kept of the text: accepted
     recs[2].text = recs[2].text + " (edited)"
     save_jsonl(recs, tmp_path / "edited.jsonl")
-    with pytest.raises(TeacherMismatchError, match="other splits"):
+    with pytest.raises(TeacherMismatchError, match="other splits") as err:
         datamodule(assets, tmp_path / "edited.jsonl").setup()
+    assert "/train/2 " in str(err.value)  # the truncated record 1 passed; the edited one is named
     for r in recs:
         r.example_id = "elsewhere/" + r.example_id
     save_jsonl(recs, tmp_path / "renamed.jsonl")
