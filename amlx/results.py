@@ -80,7 +80,7 @@ def render_markdown(record: dict, direction: Callable[[str], str | None] | None 
     lines += ["", "Setup: " + ", ".join(f"{k}={v}" for k, v in record["setup"].items()), ""]
     rows = record["rows"]
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
-    extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in ("method", "variant", "metric", "mean")]
+    extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in ("method", "variant", "metric", "mean", "label")]
     for metric in metrics:
         mrows = [r for r in rows if r["metric"] == metric]
         d = direction(metric) if direction else None

@@ -2,7 +2,8 @@
 
 Per method, examples are processed in chunks of ``chunk_size``: attribute, score with the batched
 ``Evaluator``, then append the records to ``<out_dir>/attributions/<method>.jsonl`` and the per-example metric
-values to ``<out_dir>/scores/<method>.jsonl`` (flushed per chunk). A re-run with the same arguments skips the
+values to ``<out_dir>/scores/<method>.jsonl`` (flushed per chunk; with each metric's curve points, e.g.
+``"curves": {"aopc_comp": [[1, Comp(1)], [5, Comp(5)], ...]}``, for metrics that average a curve). A re-run with the same arguments skips the
 chunks already on disk, so an interrupted run resumes without recomputing finished examples. Methods that
 take a ``seed`` are seeded per chunk (``seed + first example index``), so a resumed run equals an
 uninterrupted one. The table (mean, 95% CI, seconds per example) is written as ``<out_dir>/table.{json,md}``
@@ -19,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from amlx import methods as method_registry
 from amlx import metrics as metric_registry
 from amlx.data import data_from_options
 from amlx.evaluation import DEFAULT_METRICS, Evaluator
 from amlx.models import ExplainedModel, resolve_device
+from amlx.progress import Progress
 from amlx.records import save_jsonl
 from amlx.results import write_results
 
@@ -124,7 +125,7 @@ def evaluate(
         variant = getattr(probe, "variant", "") or ""
         if alias != name:  # two runs of one method must stay distinguishable in the table
             variant = f"{variant} [{alias}]".strip()
-        bar = tqdm(total=n, desc=label, disable=not progress, initial=sum(1 for i in done if i < n))
+        bar = Progress(n, label, enabled=progress, initial=sum(1 for i in done if i < n))
         for start in range(0, n, chunk_size):
             idx = list(range(start, min(start + chunk_size, n)))
             if all(i in done for i in idx):
@@ -147,7 +148,8 @@ def evaluate(
             with scores_path.open("a") as f:
                 for j, (i, r) in enumerate(zip(idx, recs)):
                     row = {"index": i, "example_id": ids[i], "config": config_key, "seconds": r.seconds,
-                           "eval_seconds": eval_sec, **{m: float(values[m][j]) for m in metric_names}}  # fmt: skip
+                           "eval_seconds": eval_sec, **{m: float(values[m][j]) for m in metric_names},
+                           "curves": {m: points[j] for m, points in evaluator.curves.items()}}  # fmt: skip
                     f.write(json.dumps(row) + "\n")
                     done[i] = row
             bar.update(len(idx))
@@ -157,7 +159,8 @@ def evaluate(
         sec = float(np.mean([r["seconds"] for r in kept]))
         for m in metric_names:
             mean, ci = summarize([r[m] for r in kept])
-            rows.append({"method": name, "variant": variant, "metric": m, "mean": mean, "ci95": ci, "n": n, "sec_per_example": sec})  # fmt: skip
+            rows.append({"method": name, "variant": variant, "metric": m, "mean": mean, "ci95": ci, "n": n,
+                         "sec_per_example": sec, "label": label})  # fmt: skip
 
     setup = {"explained_model": model, "dataset": dataset, "split": split, "n_examples": n,
              "unit": unit or "metric default", "perturbation": perturbation or "metric default",

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from amlx.models.explained import Encoded
+from amlx.progress import Progress
 from amlx.records import Attribution, records_from_encoded
 
 _REGISTRY: dict[str, type[AttributionMethod]] = {}
@@ -32,6 +33,8 @@ class AttributionMethod:
     # True for methods whose scores of an example do not depend on the rest of its internal batch: examples are
     # then batched in order of length (less padding in every pass); records still come back in input order
     sort_by_length: ClassVar[bool] = False
+    # True for methods that optimize per instance (fAML, MaRC): ``attribute`` shows progress over the examples
+    show_progress: ClassVar[bool] = False
 
     def __init__(self, internal_batch_size: int = 16) -> None:
         if internal_batch_size < 1:
@@ -51,6 +54,7 @@ class AttributionMethod:
             lengths = enc.attention_mask.sum(1).tolist()
             order.sort(key=lambda i: -lengths[i])
         out: list[tuple[int, Attribution]] = []
+        bar = Progress(len(enc), self.name, enabled=self.show_progress)
         for start in range(0, len(enc), self.internal_batch_size):
             rows = order[start : start + self.internal_batch_size]
             chunk = enc.select(rows).to(model.device)
@@ -66,6 +70,8 @@ class AttributionMethod:
                 chunk, model.tokenizer, scores, tgt, probs, model.labels, self.name, self.variant, seconds
             )
             out += zip(rows, recs)
+            bar.update(len(rows))
+        bar.close()
         return [rec for _, rec in sorted(out, key=lambda pair: pair[0])]
 
 
