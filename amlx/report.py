@@ -48,12 +48,14 @@ class Run:
         """The method label of a table row (``label`` since amlx wrote it; older runs: matched by method/variant)."""
         if row.get("label"):
             return row["label"]
+        variant = row.get("variant", "")
         for label in self.labels:
             first = next(iter(self.records[label].values()), None)
-            if first is not None and first.method == row["method"] and row.get("variant", "").startswith(first.variant):
-                alias = row.get("variant", "").endswith(f"[{label}]")
-                if alias or row.get("variant", "") == first.variant:
-                    return label
+            # the evaluate job appends " [alias]" to the variant of a method run under an alias
+            if first is not None and first.method == row["method"] and variant in (
+                first.variant, f"{first.variant} [{label}]".strip()
+            ):
+                return label
         return f"{row['method']}/{row['variant']}" if row.get("variant") else row["method"]
 
     def example_ids(self) -> list[str]:
@@ -332,6 +334,8 @@ def _curves(run: Run, colours: dict[str, str], eid: str | None, width: int, heig
 def _example(run: Run, eid: str, order: int, colours: dict[str, str]) -> str:
     esc = html.escape
     present = [lb for lb in run.labels if eid in run.records[lb]]
+    if not present:  # scores without records: nothing to draw
+        return ""
     recs = [run.records[lb][eid] for lb in present]
     first = recs[0]
     rho = mean_rank_correlation(recs) if len(recs) > 1 else float("nan")
