@@ -20,7 +20,8 @@ LEADERBOARD_PREFIX = "leaderboard"
 def _label(row: dict) -> str:
     if row.get("label"):
         return row["label"]
-    return f"{row['method']}/{row['variant']}" if row.get("variant") else row["method"]
+    method = str(row.get("method", "?"))
+    return f"{method}/{row['variant']}" if row.get("variant") else method
 
 
 def _finite(v) -> bool:
@@ -92,3 +93,24 @@ def _frontier(ax, rows: list[dict], colour: dict[str, str]) -> None:
         ax.set_xscale("log")
     ax.set_xlabel("seconds per example", fontsize=8)
     ax.tick_params(labelsize=8)
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    """``python -m amlx.plots benchmarks/results/NAME.json ...``: (re)draw the PNG next to each results file."""
+    import argparse
+    import json
+
+    from amlx import metrics as metric_registry
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("files", nargs="+", type=Path, help="results JSON files (benchmarks/results/*.json)")
+    written = []
+    for f in ap.parse_args(argv).files:
+        png = plot_results(json.loads(f.read_text()), f.with_suffix(".png"), metric_registry.direction)
+        print(f"[amlx] {png or f'{f}: no numeric means, no plot'}")
+        written += [png] if png else []
+    return written
+
+
+if __name__ == "__main__":
+    main()
