@@ -24,6 +24,11 @@ def _label(row: dict) -> str:
     return f"{method}/{row['variant']}" if row.get("variant") else method
 
 
+def _short(label: str, width: int = 28) -> str:
+    """``label`` cut in the middle to ``width`` characters (the figure's legend has the full names)."""
+    return label if len(label) <= width else label[: width // 2 - 1] + "…" + label[-(width // 2) :]
+
+
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
@@ -49,7 +54,8 @@ def plot_results(
     frontier = str(record.get("name", "")).startswith(LEADERBOARD_PREFIX)
     n_rows, n_cols = _grid(len(metrics))
     height = 0.6 + (0.8 if frontier else 0.28) * max(len(labels), 4)
-    fig = Figure(figsize=(4.6 * n_cols, height * n_rows + 0.6), layout="constrained")
+    legend = 0.18 * len(labels) if any(_short(lb) != lb for lb in labels) else 0.0
+    fig = Figure(figsize=(4.6 * n_cols, height * n_rows + 0.6 + legend), layout="constrained")
     FigureCanvasAgg(fig)
     for k, metric in enumerate(metrics):
         ax = fig.add_subplot(n_rows, n_cols, k + 1)
@@ -62,6 +68,11 @@ def plot_results(
         else:
             _bars(ax, mrows, colour, d)
     fig.suptitle(str(record.get("name", "")), fontsize=11)
+    if any(_short(lb) != lb for lb in labels):  # long labels (method options) in full below the panels
+        from matplotlib.patches import Patch
+
+        handles = [Patch(color=colour[lb], label=lb) for lb in labels]
+        fig.legend(handles=handles, loc="outside lower center", fontsize=7, frameon=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -76,7 +87,7 @@ def _bars(ax, rows: list[dict], colour: dict[str, str], direction: str | None) -
     errs = [r["ci95"] if _finite(r.get("ci95")) else 0.0 for r in rows]
     ax.barh(ys, means, xerr=errs, color=[colour[_label(r)] for r in rows], capsize=3,
             edgecolor=["black" if m == best else "none" for m in means], linewidth=1.5)  # fmt: skip
-    ax.set_yticks(ys, [_label(r) for r in rows], fontsize=8)
+    ax.set_yticks(ys, [_short(_label(r)) for r in rows], fontsize=8)
     ax.axvline(0, color="#888", linewidth=0.8)
     ax.tick_params(axis="x", labelsize=8)
 
@@ -87,7 +98,7 @@ def _frontier(ax, rows: list[dict], colour: dict[str, str]) -> None:
     for r in timed:
         err = r["ci95"] if _finite(r.get("ci95")) else None
         ax.errorbar(r["sec_per_example"], r["mean"], yerr=err, fmt="o", color=colour[_label(r)], capsize=3)
-        ax.annotate(_label(r), (r["sec_per_example"], r["mean"]), fontsize=7, xytext=(4, 3),
+        ax.annotate(_short(_label(r)), (r["sec_per_example"], r["mean"]), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")  # fmt: skip
     if timed:
         ax.set_xscale("log")
