@@ -61,3 +61,12 @@ def test_disabled_or_empty_bars_show_nothing():
     assert run(io.StringIO(), enabled=False) == [] and run(io.StringIO(), total=0) == []
     with pytest.raises(ValueError, match="every"):
         Progress(3, "x", every=0)
+
+
+def test_a_method_that_optimizes_per_instance_reports_progress_over_its_examples(explained, capsys):
+    from amlx import methods
+    from tests.tiny import TEXTS
+
+    methods.get("marc", steps=1, internal_batch_size=2).attribute(list(TEXTS), explained("bert", "encoder"))
+    lines = [line for line in capsys.readouterr().err.split("\n") if line.startswith("[amlx] marc:")]
+    assert [line.split(" ")[2] for line in lines] == ["2/3", "3/3"]

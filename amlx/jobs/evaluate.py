@@ -125,35 +125,34 @@ def evaluate(
         variant = getattr(probe, "variant", "") or ""
         if alias != name:  # two runs of one method must stay distinguishable in the table
             variant = f"{variant} [{alias}]".strip()
-        bar = Progress(n, label, enabled=progress, initial=sum(1 for i in done if i < n))
-        for start in range(0, n, chunk_size):
-            idx = list(range(start, min(start + chunk_size, n)))
-            if all(i in done for i in idx):
-                continue
-            kw = dict(opts)
-            if seeded:
-                kw["seed"] = opts.get("seed", seed) + start
-            torch.manual_seed(seed + start)
-            method = method_registry.get(name, **kw)
-            recs = method.attribute([texts[i] for i in idx], explained)
-            for i, r in zip(idx, recs):
-                r.example_id = ids[i]
-                if planted:
-                    r.ground_truth = r.spans_to_tokens([planted[i]])
-            t0 = time.perf_counter()
-            values = evaluator.evaluate(recs)
-            eval_sec = (time.perf_counter() - t0) / len(recs)
-            save_jsonl(recs, records_path, append=True)
-            scores_path.parent.mkdir(parents=True, exist_ok=True)
-            with scores_path.open("a") as f:
-                for j, (i, r) in enumerate(zip(idx, recs)):
-                    row = {"index": i, "example_id": ids[i], "config": config_key, "seconds": r.seconds,
-                           "eval_seconds": eval_sec, **{m: float(values[m][j]) for m in metric_names},
-                           "curves": {m: points[j] for m, points in evaluator.curves.items()}}  # fmt: skip
-                    f.write(json.dumps(row) + "\n")
-                    done[i] = row
-            bar.update(len(idx))
-        bar.close()
+        with Progress(n, label, enabled=progress, initial=sum(1 for i in done if i < n)) as bar:
+            for start in range(0, n, chunk_size):
+                idx = list(range(start, min(start + chunk_size, n)))
+                if all(i in done for i in idx):
+                    continue
+                kw = dict(opts)
+                if seeded:
+                    kw["seed"] = opts.get("seed", seed) + start
+                torch.manual_seed(seed + start)
+                method = method_registry.get(name, **kw)
+                recs = method.attribute([texts[i] for i in idx], explained)
+                for i, r in zip(idx, recs):
+                    r.example_id = ids[i]
+                    if planted:
+                        r.ground_truth = r.spans_to_tokens([planted[i]])
+                t0 = time.perf_counter()
+                values = evaluator.evaluate(recs)
+                eval_sec = (time.perf_counter() - t0) / len(recs)
+                save_jsonl(recs, records_path, append=True)
+                scores_path.parent.mkdir(parents=True, exist_ok=True)
+                with scores_path.open("a") as f:
+                    for j, (i, r) in enumerate(zip(idx, recs)):
+                        row = {"index": i, "example_id": ids[i], "config": config_key, "seconds": r.seconds,
+                               "eval_seconds": eval_sec, **{m: float(values[m][j]) for m in metric_names},
+                               "curves": {m: points[j] for m, points in evaluator.curves.items()}}  # fmt: skip
+                        f.write(json.dumps(row) + "\n")
+                        done[i] = row
+                bar.update(len(idx))
         kept = [done[i] for i in range(n)]
         per_method[label] = kept
         sec = float(np.mean([r["seconds"] for r in kept]))

@@ -54,24 +54,23 @@ class AttributionMethod:
             lengths = enc.attention_mask.sum(1).tolist()
             order.sort(key=lambda i: -lengths[i])
         out: list[tuple[int, Attribution]] = []
-        bar = Progress(len(enc), self.name, enabled=self.show_progress)
-        for start in range(0, len(enc), self.internal_batch_size):
-            rows = order[start : start + self.internal_batch_size]
-            chunk = enc.select(rows).to(model.device)
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                probs = model.probs(input_ids=chunk.input_ids, attention_mask=chunk.attention_mask)
-            tgt = probs.argmax(-1) if targets is None else targets[rows].to(model.device)
-            scores = self.scores(chunk, model, tgt, **({"probs": probs} if self.takes_probs else {}))
-            if scores.device.type == "cuda":  # kernels run asynchronously: wait for them before reading the clock
-                torch.cuda.synchronize(scores.device)
-            seconds = (time.perf_counter() - t0) / len(chunk)
-            recs = records_from_encoded(
-                chunk, model.tokenizer, scores, tgt, probs, model.labels, self.name, self.variant, seconds
-            )
-            out += zip(rows, recs)
-            bar.update(len(rows))
-        bar.close()
+        with Progress(len(enc), self.name, enabled=self.show_progress) as bar:
+            for start in range(0, len(enc), self.internal_batch_size):
+                rows = order[start : start + self.internal_batch_size]
+                chunk = enc.select(rows).to(model.device)
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    probs = model.probs(input_ids=chunk.input_ids, attention_mask=chunk.attention_mask)
+                tgt = probs.argmax(-1) if targets is None else targets[rows].to(model.device)
+                scores = self.scores(chunk, model, tgt, **({"probs": probs} if self.takes_probs else {}))
+                if scores.device.type == "cuda":  # kernels run asynchronously: wait for them before reading the clock
+                    torch.cuda.synchronize(scores.device)
+                seconds = (time.perf_counter() - t0) / len(chunk)
+                recs = records_from_encoded(
+                    chunk, model.tokenizer, scores, tgt, probs, model.labels, self.name, self.variant, seconds
+                )
+                out += zip(rows, recs)
+                bar.update(len(rows))
         return [rec for _, rec in sorted(out, key=lambda pair: pair[0])]
 
 
