@@ -164,10 +164,11 @@ def _curve_metrics(run: Run) -> list[str]:
     return [m for m in run.metrics if m in found]
 
 
-def _axes(metric: str) -> tuple[str, str]:
+def _axes(metric: str, unit: str | None) -> tuple[str, str]:
+    """Axis titles of a curve metric as the run configured it (``unit``: the run's override, if any)."""
     try:
-        return metric_registry.get(metric).curve_axes()
-    except (KeyError, AttributeError):
+        return metric_registry.get(metric, **({"unit": unit} if unit in ("token", "word") else {})).curve_axes()
+    except (KeyError, AttributeError, TypeError):
         return "%", metric
 
 
@@ -325,7 +326,7 @@ def _curves(run: Run, colours: dict[str, str], eid: str | None, width: int, heig
                 points = [tuple(p) for p in rows.get(eid, {}).get("curves", {}).get(m, [])]
             if points:
                 series.append(Series(lb, points, colours[lb], key=lb))
-        x, y = _axes(m)
+        x, y = _axes(m, run.table.get("setup", {}).get("unit"))
         title = f"{m} curve" + (" (mean over examples)" if eid is None else "")
         charts.append(line_chart(series, x, y, title=title, width=width, height=height))
     return f'<div class="curves">{"".join(charts)}</div>' if charts else ""
