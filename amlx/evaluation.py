@@ -68,6 +68,8 @@ class Evaluator:
         self.stats: dict[
             str, int
         ] = {}  # after evaluate(): records, variants, unique (variants), forward_passes
+        # after evaluate(): metric name → per record, the (k, value) points of its curve (metrics with one)
+        self.curves: dict[str, list[list[tuple[float, float]]]] = {}
 
     @property
     def perturbation_metrics(self) -> list[PerturbationMetric]:
@@ -117,10 +119,14 @@ class Evaluator:
             p_all = probs.double().numpy()[inverse.numpy()]  # [rows, classes]
             self.stats = {"records": len(records), "variants": len(allrows), "unique": len(unique),
                           "forward_passes": passes}  # fmt: skip
+            self.curves = {}
             for r, (rec, (orig, sl)) in enumerate(zip(records, slices)):
                 p0 = p_all[orig, rec.target]
                 for m, s in zip(pmetrics, sl):
                     out[m.name][r] = m.reduce(p0, p_all[s, rec.target])
+                    points = m.curve_points(p0, p_all[s, rec.target])
+                    if points is not None:
+                        self.curves.setdefault(m.name, []).append(points)
         for m in self.metrics:
             if not isinstance(m, PerturbationMetric):
                 out[m.name] = np.array([m(rec) for rec in records], dtype=np.float64)

@@ -2,8 +2,9 @@
 
 1. fetch the offline assets; 2. fine-tune the default classifier unless cached, print its test accuracy;
 3. pretrain the pAML attributor unless cached; 4. print the faithfulness table of pAML, fAML and the
-baselines on a test subset (``explain.py evaluate``, resumable); 5. write the HTML report of a few examples.
-Every step is cached, so a second run only re-prints the results.
+baselines on a test subset (``explain.py evaluate``, resumable); 5. write the comparison report of the
+evaluation (``explain.py report``: summary, curves and the first ``n_report`` examples). Every step is cached, so
+a second run only re-prints the results. Each stage ends with a ``[amlx] stage i/5 done`` line.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def main(
     out_dir: str = "outputs/main",
     timing_results: str | None = None,
 ) -> dict:
-    """Fetch, fine-tune (cached), pretrain pAML (cached), print the evaluation table, write the HTML report.
+    """Fetch, fine-tune (cached), pretrain pAML (cached), print the evaluation table, write the comparison report.
 
     ``attributor_config: null`` stops after the classifier; ``n_eval: 0`` skips the table and report.
     ``timing_results``: also write the wall time of every stage to ``benchmarks/results/<timing_results>``
@@ -69,10 +70,13 @@ def main(
     stages: dict[str, float] = {}  # stage → wall seconds
     lap = [t0]
 
+    n_stages = 2 if attributor_config is None or n_eval <= 0 else 5
+
     def done(stage: str) -> None:
         now = time.perf_counter()
         stages[stage] = now - lap[0]
         lap[0] = now
+        print(f"[amlx] stage {len(stages)}/{n_stages} done: {stage} ({stages[stage]:.0f} s)", flush=True)
 
     cached = {name: assets.local_path(name).exists() for name in fetch}
     for name in fetch:
@@ -102,7 +106,7 @@ def main(
     done("test accuracy + pretrain pAML" if trained_attributor else "test accuracy + pAML (cached)")
 
     from amlx.jobs.evaluate import evaluate
-    from amlx.jobs.explain import explain
+    from amlx.report import report
 
     options = {"paml": {"checkpoint": attributor}, "faml": {"checkpoint": attributor, "steps": 10,
                "selection": "loss"}}  # fmt: skip
@@ -112,14 +116,12 @@ def main(
     print(f"[amlx] faithfulness on the first {n_eval} test examples (resumable; {out_dir}/evaluate)", flush=True)
     table = evaluate(model=explained_model, methods=methods, method_options=options, metrics=metrics,
                      dataset=dm_args.get("dataset", "amlx:movies"), n=n_eval, seed=dm_args.get("seed", 0),
-                     data=data, out_dir=f"{out_dir}/evaluate", progress=False)  # fmt: skip
+                     data=data, out_dir=f"{out_dir}/evaluate")  # fmt: skip
     done(f"evaluate {n_eval} examples")
-    report_options = {k: v for k, v in options.items() if k in methods}
-    explain(model=explained_model, methods=methods, method_options=report_options, dataset=dm_args.get("dataset"),
-            n=n_report, seed=dm_args.get("seed", 0), data=data, out_dir=f"{out_dir}/report", terminal=False)  # fmt: skip
+    page = report(run=f"{out_dir}/evaluate", out=f"{out_dir}/report/report.html", examples=n_report)
     done(f"HTML report of {n_report} examples")
     total = time.perf_counter() - t0
-    print(f"[amlx] HTML report: {out_dir}/report ({total:.0f} s in all)", flush=True)
+    print(f"[amlx] HTML report: {page} ({total:.0f} s in all)", flush=True)
     out["table"] = table["rows"]
     if timing_results:
         from amlx.results import write_results

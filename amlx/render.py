@@ -41,14 +41,14 @@ def segments(record: Attribution) -> list[tuple[str, float]]:
     return out
 
 
-def _rgb(weight: float) -> tuple[int, int, int]:
+def rgb(weight: float) -> tuple[int, int, int]:
     """White blended toward red (weight > 0) or blue (weight < 0) by |weight| ∈ [0, 1]."""
     base = POSITIVE if weight > 0 else NEGATIVE
     a = min(abs(weight), 1.0)
     return tuple(round(255 + (c - 255) * a) for c in base)
 
 
-def _prediction(record: Attribution) -> tuple[str, float]:
+def prediction(record: Attribution) -> tuple[str, float]:
     """The predicted class (its label when it is the target; records carry only the target's label) and p."""
     pred = int(np.argmax(record.probs))
     return (record.target_label if pred == record.target else f"class {pred}"), float(record.probs[pred])
@@ -59,7 +59,7 @@ def _method(record: Attribution) -> str:
 
 
 def _summary(record: Attribution) -> str:
-    label, p = _prediction(record)
+    label, p = prediction(record)
     return f"{_method(record)} | target {record.target_label} (p={record.probs[record.target]:.3f}) | prediction {label} (p={p:.3f})"
 
 
@@ -79,7 +79,7 @@ def to_terminal(records: list[Attribution], stream: TextIO | None = None, colour
             if w == 0:
                 parts.append(piece)
             elif colour:
-                red, green, blue = _rgb(w)
+                red, green, blue = rgb(w)
                 parts.append(f"\x1b[48;2;{red};{green};{blue}m\x1b[38;2;0;0;0m{piece}\x1b[0m")
             else:
                 parts.append(f"{piece}[{w:+.2f}]")
@@ -110,12 +110,12 @@ def to_html(
             if w == 0:
                 spans.append(html.escape(piece))
             else:
-                red, green, blue = _rgb(w)
+                red, green, blue = rgb(w)
                 spans.append(
                     f'<span class="s" style="background-color: rgb({red}, {green}, {blue})" '
                     f'title="{w:+.3f}">{html.escape(piece)}</span>'
                 )
-        label, p = _prediction(r)
+        label, p = prediction(r)
         example = r.example_id if r.example_id is not None else str(i)
         rows.append(
             "<tr>"

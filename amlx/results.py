@@ -1,4 +1,5 @@
-"""Write benchmark results as ``benchmarks/results/<name>.json`` plus a rendered ``<name>.md`` (results-schema.md)."""
+"""Write benchmark results as ``benchmarks/results/<name>.json`` plus a rendered ``<name>.md`` (results-schema.md)
+and a ``<name>.png`` plot (``amlx.plots``: bars with intervals; the cost/quality frontier for leaderboards)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def write_results(
     directory: str | Path | None = None,
     direction: Callable[[str], str | None] | None = None,
 ) -> Path:
-    """Write the JSON record and its markdown rendering; ``direction(metric)`` → 'higher' | 'lower' | None."""
+    """Write the JSON record, its markdown rendering and its PNG plot; ``direction(metric)`` → 'higher' | 'lower' | None."""
     directory = Path(directory) if directory else RESULTS_DIR
     directory.mkdir(parents=True, exist_ok=True)
     record = {
@@ -64,6 +65,9 @@ def write_results(
     path = directory / f"{name}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")
     (directory / f"{name}.md").write_text(render_markdown(record, direction))
+    from amlx.plots import plot_results  # matplotlib loads only when results are written
+
+    plot_results(record, directory / f"{name}.png", direction)
     return path
 
 
@@ -80,7 +84,7 @@ def render_markdown(record: dict, direction: Callable[[str], str | None] | None 
     lines += ["", "Setup: " + ", ".join(f"{k}={v}" for k, v in record["setup"].items()), ""]
     rows = record["rows"]
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
-    extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in ("method", "variant", "metric", "mean")]
+    extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in ("method", "variant", "metric", "mean", "label")]
     for metric in metrics:
         mrows = [r for r in rows if r["metric"] == metric]
         d = direction(metric) if direction else None

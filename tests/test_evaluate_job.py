@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -129,3 +130,30 @@ def test_planted_data_gives_records_the_planted_word_as_ground_truth(setup):
         if len(planted) == 1:  # gt_overlap = is the top-ranked token the planted one?
             top = int(np.argmax(np.where(rec.attributable, rec.scores, -np.inf)))
             assert scores["gt_overlap"] == float(rec.ground_truth[top])
+
+
+def test_non_interactive_progress_prints_a_line_per_chunk_crossing_ten_percent(setup, capsys):
+    """Under pytest stderr is no TTY: each method prints plain lines, never a redrawn bar."""
+    tmp_path, kw = setup
+    evaluate(out_dir=str(tmp_path / "progress"), **{**kw, "progress": True})
+    err = capsys.readouterr().err  # (transformers' own weight-loading bar is in there too)
+    lines = [line for line in err.split("\n") if line.startswith("[amlx] ")]
+    assert lines and not any("\r" in line for line in lines)  # whole lines, never redrawn
+    for method in kw["methods"]:  # 7 examples in chunks of 3: 3/7, 6/7, 7/7
+        done = [re.match(rf"\[amlx\] {method}: (\d+)/7 \((\d+)%\)", line) for line in lines]
+        assert [(m[1], m[2]) for m in done if m] == [("3", "43"), ("6", "86"), ("7", "100")]
+
+
+def test_a_results_name_writes_the_table_with_its_png_plot(setup, monkeypatch):
+    from PIL import Image
+
+    from amlx import results
+
+    tmp_path, kw = setup
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path / "results")
+    evaluate(out_dir=str(tmp_path / "named"), results_name="tiny-eval", **kw)
+    for stem in (tmp_path / "results" / "tiny-eval", tmp_path / "named" / "table"):
+        assert stem.with_suffix(".json").exists()
+        with Image.open(stem.with_suffix(".png")) as im:
+            im.load()
+            assert im.size[0] > 300

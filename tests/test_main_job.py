@@ -4,6 +4,7 @@ accuracy it prints, the evaluation table, the HTML report and the per-stage wall
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import lightning as L
@@ -62,8 +63,11 @@ def test_main_job_with_cached_assets_prints_the_table_writes_the_report_and_the_
     # the table: every method on every metric over the first n_eval test examples
     cells = {(r["method"], r["metric"]): r["n"] for r in out["table"]}
     assert cells == {(m, k): 4 for m in ["random", "gradient_x_input", "paml"] for k in ["comp", "suff"]}
-    page = (root / "main" / "report" / "attributions.html").read_text()
-    assert all(m in page for m in ["random", "gradient_x_input", "paml"])
+    page = (root / "main" / "report" / "report.html").read_text()
+    rows = re.findall(r'<tr class="method" data-method="([^"\[]*)', page)  # labels: name[options]
+    assert rows == ["random", "gradient_x_input", "paml"] * 2
+    assert page.count('<section class="example"') == 2  # n_report of the n_eval evaluated examples
+    assert "stage 5/5 done: HTML report of 2 examples" in printed
 
     # the stage times: one row per stage in order, and the stages add up to the total
     timing = json.loads((root / "results" / "main-timing.json").read_text())

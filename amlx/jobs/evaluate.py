@@ -2,7 +2,8 @@
 
 Per method, examples are processed in chunks of ``chunk_size``: attribute, score with the batched
 ``Evaluator``, then append the records to ``<out_dir>/attributions/<method>.jsonl`` and the per-example metric
-values to ``<out_dir>/scores/<method>.jsonl`` (flushed per chunk). A re-run with the same arguments skips the
+values to ``<out_dir>/scores/<method>.jsonl`` (flushed per chunk; with each metric's curve points, e.g.
+``"curves": {"aopc_comp": [[1, Comp(1)], [5, Comp(5)], ...]}``, for metrics that average a curve). A re-run with the same arguments skips the
 chunks already on disk, so an interrupted run resumes without recomputing finished examples. Methods that
 take a ``seed`` are seeded per chunk (``seed + first example index``), so a resumed run equals an
 uninterrupted one. The table (mean, 95% CI, seconds per example) is written as ``<out_dir>/table.{json,md}``
@@ -19,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from amlx import methods as method_registry
 from amlx import metrics as metric_registry
 from amlx.data import data_from_options
 from amlx.evaluation import DEFAULT_METRICS, Evaluator
 from amlx.models import ExplainedModel, resolve_device
+from amlx.progress import Progress
 from amlx.records import save_jsonl
 from amlx.results import write_results
 
@@ -124,40 +125,41 @@ def evaluate(
         variant = getattr(probe, "variant", "") or ""
         if alias != name:  # two runs of one method must stay distinguishable in the table
             variant = f"{variant} [{alias}]".strip()
-        bar = tqdm(total=n, desc=label, disable=not progress, initial=sum(1 for i in done if i < n))
-        for start in range(0, n, chunk_size):
-            idx = list(range(start, min(start + chunk_size, n)))
-            if all(i in done for i in idx):
-                continue
-            kw = dict(opts)
-            if seeded:
-                kw["seed"] = opts.get("seed", seed) + start
-            torch.manual_seed(seed + start)
-            method = method_registry.get(name, **kw)
-            recs = method.attribute([texts[i] for i in idx], explained)
-            for i, r in zip(idx, recs):
-                r.example_id = ids[i]
-                if planted:
-                    r.ground_truth = r.spans_to_tokens([planted[i]])
-            t0 = time.perf_counter()
-            values = evaluator.evaluate(recs)
-            eval_sec = (time.perf_counter() - t0) / len(recs)
-            save_jsonl(recs, records_path, append=True)
-            scores_path.parent.mkdir(parents=True, exist_ok=True)
-            with scores_path.open("a") as f:
-                for j, (i, r) in enumerate(zip(idx, recs)):
-                    row = {"index": i, "example_id": ids[i], "config": config_key, "seconds": r.seconds,
-                           "eval_seconds": eval_sec, **{m: float(values[m][j]) for m in metric_names}}  # fmt: skip
-                    f.write(json.dumps(row) + "\n")
-                    done[i] = row
-            bar.update(len(idx))
-        bar.close()
+        with Progress(n, label, enabled=progress, initial=sum(1 for i in done if i < n)) as bar:
+            for start in range(0, n, chunk_size):
+                idx = list(range(start, min(start + chunk_size, n)))
+                if all(i in done for i in idx):
+                    continue
+                kw = dict(opts)
+                if seeded:
+                    kw["seed"] = opts.get("seed", seed) + start
+                torch.manual_seed(seed + start)
+                method = method_registry.get(name, **kw)
+                recs = method.attribute([texts[i] for i in idx], explained)
+                for i, r in zip(idx, recs):
+                    r.example_id = ids[i]
+                    if planted:
+                        r.ground_truth = r.spans_to_tokens([planted[i]])
+                t0 = time.perf_counter()
+                values = evaluator.evaluate(recs)
+                eval_sec = (time.perf_counter() - t0) / len(recs)
+                save_jsonl(recs, records_path, append=True)
+                scores_path.parent.mkdir(parents=True, exist_ok=True)
+                with scores_path.open("a") as f:
+                    for j, (i, r) in enumerate(zip(idx, recs)):
+                        row = {"index": i, "example_id": ids[i], "config": config_key, "seconds": r.seconds,
+                               "eval_seconds": eval_sec, **{m: float(values[m][j]) for m in metric_names},
+                               "curves": {m: points[j] for m, points in evaluator.curves.items()}}  # fmt: skip
+                        f.write(json.dumps(row) + "\n")
+                        done[i] = row
+                bar.update(len(idx))
         kept = [done[i] for i in range(n)]
         per_method[label] = kept
         sec = float(np.mean([r["seconds"] for r in kept]))
         for m in metric_names:
             mean, ci = summarize([r[m] for r in kept])
-            rows.append({"method": name, "variant": variant, "metric": m, "mean": mean, "ci95": ci, "n": n, "sec_per_example": sec})  # fmt: skip
+            rows.append({"method": name, "variant": variant, "metric": m, "mean": mean, "ci95": ci, "n": n,
+                         "sec_per_example": sec, "label": label})  # fmt: skip
 
     setup = {"explained_model": model, "dataset": dataset, "split": split, "n_examples": n,
              "unit": unit or "metric default", "perturbation": perturbation or "metric default",

@@ -79,6 +79,8 @@ class FAMLMethod(_AMLMethod):
     (variant ``oracle-selected:<metric>``). ``seconds`` of each record include the fine-tuning.
     """
 
+    show_progress = True
+
     def __init__(
         self,
         checkpoint: str = "",

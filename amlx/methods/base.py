@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from amlx.models.explained import Encoded
+from amlx.progress import Progress
 from amlx.records import Attribution, records_from_encoded
 
 _REGISTRY: dict[str, type[AttributionMethod]] = {}
@@ -32,6 +33,8 @@ class AttributionMethod:
     # True for methods whose scores of an example do not depend on the rest of its internal batch: examples are
     # then batched in order of length (less padding in every pass); records still come back in input order
     sort_by_length: ClassVar[bool] = False
+    # True for methods that optimize per instance (fAML, MaRC): ``attribute`` shows progress over the examples
+    show_progress: ClassVar[bool] = False
 
     def __init__(self, internal_batch_size: int = 16) -> None:
         if internal_batch_size < 1:
@@ -51,21 +54,23 @@ class AttributionMethod:
             lengths = enc.attention_mask.sum(1).tolist()
             order.sort(key=lambda i: -lengths[i])
         out: list[tuple[int, Attribution]] = []
-        for start in range(0, len(enc), self.internal_batch_size):
-            rows = order[start : start + self.internal_batch_size]
-            chunk = enc.select(rows).to(model.device)
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                probs = model.probs(input_ids=chunk.input_ids, attention_mask=chunk.attention_mask)
-            tgt = probs.argmax(-1) if targets is None else targets[rows].to(model.device)
-            scores = self.scores(chunk, model, tgt, **({"probs": probs} if self.takes_probs else {}))
-            if scores.device.type == "cuda":  # kernels run asynchronously: wait for them before reading the clock
-                torch.cuda.synchronize(scores.device)
-            seconds = (time.perf_counter() - t0) / len(chunk)
-            recs = records_from_encoded(
-                chunk, model.tokenizer, scores, tgt, probs, model.labels, self.name, self.variant, seconds
-            )
-            out += zip(rows, recs)
+        with Progress(len(enc), self.name, enabled=self.show_progress) as bar:
+            for start in range(0, len(enc), self.internal_batch_size):
+                rows = order[start : start + self.internal_batch_size]
+                chunk = enc.select(rows).to(model.device)
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    probs = model.probs(input_ids=chunk.input_ids, attention_mask=chunk.attention_mask)
+                tgt = probs.argmax(-1) if targets is None else targets[rows].to(model.device)
+                scores = self.scores(chunk, model, tgt, **({"probs": probs} if self.takes_probs else {}))
+                if scores.device.type == "cuda":  # kernels run asynchronously: wait for them before reading the clock
+                    torch.cuda.synchronize(scores.device)
+                seconds = (time.perf_counter() - t0) / len(chunk)
+                recs = records_from_encoded(
+                    chunk, model.tokenizer, scores, tgt, probs, model.labels, self.name, self.variant, seconds
+                )
+                out += zip(rows, recs)
+                bar.update(len(rows))
         return [rec for _, rec in sorted(out, key=lambda pair: pair[0])]
 
 

@@ -215,6 +215,8 @@ class RPI(AttributionMethod):
     R·n rows fill about one pass).
     """
 
+    show_progress = True  # R·n interpolants per example: minutes on a CPU for a few hundred examples
+
     def __init__(
         self,
         n_baselines: int = 24,

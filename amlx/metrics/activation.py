@@ -31,6 +31,15 @@ class _Activation(PerturbationMetric):
             return float(p_variants[0])
         return float(np.trapezoid(p_variants, dx=1.0 / n))
 
+    def curve_points(self, p_orig: float, p_variants: np.ndarray) -> list[tuple[float, float]]:
+        """(% of units added, p_ŷ) at each of the n + 1 points the AUC integrates."""
+        n = max(len(p_variants) - 1, 1)
+        return [(100.0 * j / n, float(p)) for j, p in enumerate(p_variants)]
+
+    def curve_axes(self) -> tuple[str, str]:
+        order = "least" if self.ascending else "most"
+        return f"% of {self.unit}s added back ({order} attributed first)", "p(x̃)"
+
 
 @register_metric
 class ActivationAUC(_Activation):

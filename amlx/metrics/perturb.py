@@ -166,6 +166,17 @@ class PerturbationMetric(Metric):
         """The metric value from p_ŷ(x) and p_ŷ of each variant [variants] (float64)."""
         raise NotImplementedError
 
+    def curve_points(self, p_orig: float, p_variants: np.ndarray) -> list[tuple[float, float]] | None:
+        """(k, p_ŷ(x) − p_ŷ(variant at k%)) per variant: the curve the metric averages; None for a single variant."""
+        if len(self.percents) < 2:
+            return None
+        return [(float(k), float(p_orig - p)) for k, p in zip(self.percents, p_variants)]
+
+    def curve_axes(self) -> tuple[str, str]:
+        """Axis titles (x, y) of ``curve_points``."""
+        done = "removed" if self.curve == "remove" else "kept"
+        return f"% of {self.unit}s {done} (most attributed first)", "p(x) − p(x̃)"
+
     def __call__(self, record: Attribution, model=None) -> float:
         """Plain reference path: every variant through the model on its own (use ``Evaluator`` for speed)."""
         if model is None:
