@@ -90,6 +90,8 @@ def evaluate(
 
     ``method_options`` maps a method name to its constructor options (e.g. ``{random: {seed: 1}}``); one method
     twice with different options: ``methods: [faml, faml_oracle=faml]`` with options keyed by the alias;
+    an ensemble: ``methods: [lime, kernel_shap, ens=ensemble]``, ``method_options: {ens: {members: [lime,
+    kernel_shap]}}`` (members evaluated in the same run with the same options are reused, not recomputed);
     ``perturbation`` / ``unit`` / ``rounding`` override every metric's default (see docs/evaluation.md).
     ``model_options`` go to ``ExplainedModel.from_pretrained`` (e.g. ``{mask: "id:4563"}``: the token that
     replaces masked units, for the methods and the metrics alike). ``data`` holds further ``TextClassificationData`` options (split sizes, columns); the defaults reproduce the

@@ -9,7 +9,7 @@ over chains S_1 ⊆ … ⊆ S_r, |S_j| = d_j, of (1/5) Σ_j w_j g(S_j), g(S) = p
 
 - Exact (n ≤ ``exact_max_units``, default 12): g on every set of every size d_j (Σ_j C(n, d_j) forward rows), then
   a dynamic programme over the chain (Σ_j C(n, d_j)·C(d_j, d_{j−1}) steps). With floor rounding the sizes are
-  {0, 1, 2, ⌊n/2⌋} for n = 10..12: 1002 rows at n = 12.
+  {0, 1, 2, ⌊n/2⌋} for n = 10..12: 1003 rows at n = 12.
 - Beam (longer inputs): a max-beam and a min-beam grow sets one unit at a time up to d_r, deduplicated by set,
   ``beam_size`` (default 5, Edin et al.'s NAOPC_beam) sets each; a set is scored by its chain value so far plus, at
   a size that is no d_j, the next level's weight times its own g (a look-ahead). At most 2·B·n·d_r forward rows
