@@ -67,6 +67,7 @@ class Evaluator:
         names = [m.name for m in self.metrics]
         if len(set(names)) != len(names):
             raise ValueError(f"metric names must be unique in one Evaluator, got {names}")
+        self.search_memo: dict = {}  # what search metrics keep per example for this model (NAOPC's bounds)
         self.stats: dict[
             str, int
         ] = {}  # after evaluate(): records, variants, unique (variants), forward_passes
@@ -151,7 +152,7 @@ class Evaluator:
         active = []  # (metric, record index, generator, keep-masks of its pending round)
         for m in self.search_metrics:
             for r, rec in enumerate(records):
-                gen = m.search(rec)
+                gen = m.search(rec, self.search_memo)
                 active.append((m, r, gen, next(gen)))
         stats = {"search_rounds": 0, "search_variants": 0, "search_unique": 0, "search_forward_passes": 0}
         while active:

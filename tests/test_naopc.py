@@ -138,3 +138,17 @@ def test_naopc_lies_in_unit_interval_on_every_example_and_batched_equals_referen
     batched = ev.evaluate(short)
     for name in ("naopc_comp", "naopc_suff"):
         np.testing.assert_allclose(batched[name], reference[name], atol=1e-5)
+
+
+def test_bounds_are_searched_once_per_example_and_shared_by_every_method(explained):
+    model = explained("bert", "encoder")
+    texts = ["bad plot and bad acting", "a slow dull and forgettable sequel with bad acting and a weak plot"]
+    ev = Evaluator(model, ["naopc_comp"])
+    ev.evaluate(methods.get("gradient_x_input").attribute(texts, model))
+    first = ev.stats["search_unique"]
+    recs = methods.get("random").attribute(texts, model)
+    shared = ev.evaluate(recs)["naopc_comp"]
+    assert ev.stats["search_unique"] <= 6 * len(texts) < first  # each record's input and own 5 AOPC variants only
+    for rec, value in zip(recs, shared):
+        aopc, lo, hi = NaopcComp().bounds(rec, model)  # no memo: searched afresh
+        assert value == pytest.approx((aopc - lo) / (hi - lo), abs=1e-5)

@@ -17,6 +17,8 @@ over chains S_1 ⊆ … ⊆ S_r, |S_j| = d_j, of (1/5) Σ_j w_j g(S_j), g(S) = p
   Beam bounds are achievable orderings, so U_beam ≤ U and L_beam ≥ L; the record's own ordering is one of them too,
   so U and L are widened to include its AOPC and NAOPC always lies in [0, 1].
 
+U and L depend on the example (ids, target), not on the explanation: the Evaluator keeps them per example in its
+``search_memo``, so every method scored by one Evaluator pays for them once (and all get the same bounds).
 NAOPC = 0 when U = L (every ordering scores the same, as Edin et al.). Both metrics use the same formula;
 ``naopc_suff`` keeps aopc_suff's direction (lower is better: 0 = the ordering with the least drop).
 """
@@ -138,29 +140,41 @@ class _Naopc(SearchMetric):
         keep = ~in_set if self.curve == "remove" else ~attributable[None] | in_set
         return torch.from_numpy(keep)
 
-    def bound_search(self, record: Attribution) -> Generator[Tensor, np.ndarray, tuple[float, float, float]]:
-        """Search generator (see ``SearchMetric``) that returns (AOPC of the record's ordering, L, U)."""
+    def bound_search(self, record: Attribution, memo: dict | None = None) -> Generator[Tensor, np.ndarray, tuple[float, float, float]]:
+        """Search generator (see ``SearchMetric``) that returns (AOPC of the record's ordering, L, U).
+
+        The bounds depend on the example (ids, target), not on its scores: with a ``memo`` they are searched once per
+        example and reused for every other record of it (and every method then has the same U and L).
+        """
         p = yield torch.cat([torch.ones(1, len(record), dtype=torch.bool), self.aopc.keep_masks(record)])
         p0, aopc = p[0], self.aopc.reduce(p[0], p[1:])
-        units, n = unit_index(record, self.unit)
-        levels = aopc_levels(self.aopc.counts(n))
-        bounds = exact_bounds(n, levels) if n <= self.exact_max_units else beam_bounds(n, levels, self.beam_size)
-        try:
-            sets = next(bounds)
-            while True:
-                p = yield self.unit_keep_masks(sets, units, n)
-                sets = bounds.send(p0 - p)
-        except StopIteration as done:
-            lo, hi = done.value
-        lo, hi = lo / self.aopc.divisor, hi / self.aopc.divisor
+        key = (repr(self), tuple(record.input_ids), record.target)
+        if memo is not None and key in memo:
+            lo, hi = memo[key]
+        else:
+            units, n = unit_index(record, self.unit)
+            levels = aopc_levels(self.aopc.counts(n))
+            if n <= self.exact_max_units:
+                bounds = exact_bounds(n, levels)
+            else:
+                bounds = beam_bounds(n, levels, self.beam_size)
+            try:
+                sets = next(bounds)
+                while True:
+                    p = yield self.unit_keep_masks(sets, units, n)
+                    sets = bounds.send(p0 - p)
+            except StopIteration as done:
+                lo, hi = (v / self.aopc.divisor for v in done.value)
+            if memo is not None:
+                memo[key] = lo, hi
         return aopc, min(lo, aopc), max(hi, aopc)
 
     def bounds(self, record: Attribution, model) -> tuple[float, float, float]:
         """(AOPC, L, U) of one record, every variant through the model alone (reference path)."""
         return self.drive(self.bound_search(record), record, model)
 
-    def search(self, record: Attribution):
-        aopc, lo, hi = yield from self.bound_search(record)
+    def search(self, record: Attribution, memo: dict | None = None):
+        aopc, lo, hi = yield from self.bound_search(record, memo)
         return 0.0 if hi - lo <= DEGENERATE else (aopc - lo) / (hi - lo)
 
 

@@ -202,12 +202,15 @@ def single_prob(model, ids: Tensor, target: int) -> float:
 class SearchMetric(PerturbationMetric):
     """A perturbation metric whose later variants depend on p_ŷ of earlier ones (several rounds of forward passes).
 
-    ``search(record)`` is a generator: it yields keep-masks [variants, tokens], is sent p_ŷ of those variants
-    [variants] (float64) and returns the metric value. ``Evaluator.evaluate`` drives the searches of all records in
-    lockstep, one batched, deduplicated set of forward passes per round; ``__call__`` drives one record alone.
+    ``search(record, memo)`` is a generator: it yields keep-masks [variants, tokens], is sent p_ŷ of those variants
+    [variants] (float64) and returns the metric value. ``memo`` is a dict that the caller keeps for one explained
+    model (or None): a search may store there what depends only on the example, not on its scores (NAOPC's
+    bounds), so that every method scored on the same examples shares it. ``Evaluator.evaluate`` drives the searches
+    of all records in lockstep, one batched, deduplicated set of forward passes per round, with the Evaluator's
+    memo; ``__call__`` drives one record alone, without a memo.
     """
 
-    def search(self, record: Attribution):
+    def search(self, record: Attribution, memo: dict | None = None):
         raise NotImplementedError
 
     def __call__(self, record: Attribution, model=None) -> float:
