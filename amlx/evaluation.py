@@ -5,7 +5,9 @@ metric (plus each unperturbed input, whose p_ŷ(x) every metric uses), drops dup
 the input itself; AS at n words added is too), sorts the distinct variants by length and runs them through the
 explained model in chunks of at most ``max_tokens`` = rows × padded length, under ``torch.inference_mode()``.
 Agreement metrics need no model and are computed per record. ``evaluate_one_by_one`` is the plain reference
-path (each variant alone, no padding, no deduplication) for tests and benchmarks.
+path (each variant alone, no padding, no deduplication) for tests and benchmarks. Search metrics
+(``SearchMetric``, e.g. NAOPC's bound search) choose later variants from earlier probabilities: all records' searches
+advance in lockstep, one batched pass per round, and a variant already run in an earlier round is not run again.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch import Tensor
 
 from amlx import metrics as metric_registry
 from amlx.metrics import Metric
-from amlx.metrics.perturb import FILL, PerturbationMetric, build_variants, replacement_id
+from amlx.metrics.perturb import FILL, PerturbationMetric, SearchMetric, build_variants, replacement_id
 from amlx.records import Attribution
 
 DEFAULT_METRICS = ("comp", "suff", "log_odds", "aopc_comp", "aopc_suff")
@@ -65,6 +67,7 @@ class Evaluator:
         names = [m.name for m in self.metrics]
         if len(set(names)) != len(names):
             raise ValueError(f"metric names must be unique in one Evaluator, got {names}")
+        self.search_memo: dict = {}  # what search metrics keep per example for this model (NAOPC's bounds)
         self.stats: dict[
             str, int
         ] = {}  # after evaluate(): records, variants, unique (variants), forward_passes
@@ -73,7 +76,12 @@ class Evaluator:
 
     @property
     def perturbation_metrics(self) -> list[PerturbationMetric]:
-        return [m for m in self.metrics if isinstance(m, PerturbationMetric)]
+        """The metrics whose variants are all known up front (one batched set of passes)."""
+        return [m for m in self.metrics if isinstance(m, PerturbationMetric) and not isinstance(m, SearchMetric)]
+
+    @property
+    def search_metrics(self) -> list[SearchMetric]:
+        return [m for m in self.metrics if isinstance(m, SearchMetric)]
 
     def score_maps(self, enc, maps: Tensor, target: Tensor, probs: Tensor, method: str = "candidate") -> dict[str, Tensor]:
         """Every candidate map of every example in one batched call: metric name → [batch, candidates] (float64).
@@ -93,6 +101,8 @@ class Evaluator:
     def evaluate(self, records: Sequence[Attribution]) -> dict[str, np.ndarray]:
         """Metric name → values [records] (float64), all perturbed variants batched together."""
         out = {m.name: np.full(len(records), np.nan) for m in self.metrics}
+        self.stats = {}
+        self.curves = {}
         pmetrics = self.perturbation_metrics
         if pmetrics and records:
             self._check(records)
@@ -119,7 +129,6 @@ class Evaluator:
             p_all = probs.double().numpy()[inverse.numpy()]  # [rows, classes]
             self.stats = {"records": len(records), "variants": len(allrows), "unique": len(unique),
                           "forward_passes": passes}  # fmt: skip
-            self.curves = {}
             for r, (rec, (orig, sl)) in enumerate(zip(records, slices)):
                 p0 = p_all[orig, rec.target]
                 for m, s in zip(pmetrics, sl):
@@ -127,6 +136,9 @@ class Evaluator:
                     points = m.curve_points(p0, p_all[s, rec.target])
                     if points is not None:
                         self.curves.setdefault(m.name, []).append(points)
+        if self.search_metrics and records:
+            self._check(records)
+            self._search(records, out)
         for m in self.metrics:
             if not isinstance(m, PerturbationMetric):
                 out[m.name] = np.array([m(rec) for rec in records], dtype=np.float64)
@@ -134,11 +146,53 @@ class Evaluator:
 
     def evaluate_one_by_one(self, records: Sequence[Attribution]) -> dict[str, np.ndarray]:
         """Reference path: every metric on every record, each variant through the model alone."""
-        if self.perturbation_metrics:
+        if self.perturbation_metrics or self.search_metrics:
             self._check(records)
         return {
             m.name: np.array([m(rec, self.model) for rec in records], dtype=np.float64) for m in self.metrics
         }
+
+    def _search(self, records: Sequence[Attribution], out: dict[str, np.ndarray]) -> None:
+        """Drive every (search metric, record) generator to its end; rounds are batched across all of them."""
+        cache: dict[bytes, np.ndarray] = {}  # id row → class probabilities, across rounds
+        active = []  # (metric, record index, generator, keep-masks of its pending round)
+        for m in self.search_metrics:
+            for r, rec in enumerate(records):
+                gen = m.search(rec, self.search_memo)
+                active.append((m, r, gen, next(gen)))
+        stats = {"search_rounds": 0, "search_variants": 0, "search_unique": 0, "search_forward_passes": 0}
+        while active:
+            keys_per_item, new = [], {}
+            for m, r, _, keep in active:
+                rows = build_variants(torch.tensor(records[r].input_ids), keep, m.perturbation,
+                                      replacement_id(self.model, m.perturbation))  # fmt: skip
+                keys = []
+                for row in rows:
+                    key = row[row != FILL].numpy().tobytes()
+                    keys.append(key)
+                    if key not in cache and key not in new:
+                        new[key] = row
+                keys_per_item.append(keys)
+            if new:
+                width = max(len(key) for key in new) // 8  # keys are int64 bytes
+                batch = torch.full((len(new), width), FILL, dtype=torch.long)
+                for i, row in enumerate(new.values()):
+                    batch[i, : min(width, len(row))] = row[:width]
+                probs, passes = self._forward(batch)
+                cache.update(zip(new, probs.double().numpy()))
+                stats["search_forward_passes"] += passes
+            stats["search_rounds"] += 1
+            stats["search_variants"] += sum(map(len, keys_per_item))
+            stats["search_unique"] += len(new)
+            still = []
+            for (m, r, gen, _), keys in zip(active, keys_per_item):
+                target = records[r].target
+                try:
+                    still.append((m, r, gen, gen.send(np.array([cache[k][target] for k in keys]))))
+                except StopIteration as done:
+                    out[m.name][r] = done.value
+            active = still
+        self.stats.update(stats)
 
     @torch.inference_mode()
     def _forward(self, rows: Tensor) -> tuple[Tensor, int]:

@@ -58,6 +58,7 @@ def test_registry_lists_every_schema_metric_with_a_direction():
         "spearman_cascading",
         "spearman_independent",
         "marc_suff",
+        "naopc_suff",
     }
     for name in metrics.names():
         assert metrics.direction(name) == ("lower" if name in lower else "higher"), name

@@ -8,6 +8,10 @@ chunks already on disk, so an interrupted run resumes without recomputing finish
 take a ``seed`` are seeded per chunk (``seed + first example index``), so a resumed run equals an
 uninterrupted one. The table (mean, 95% CI, seconds per example) is written as ``<out_dir>/table.{json,md}``
 and, with ``results_name``, to ``benchmarks/results/<results_name>.{json,md}``.
+
+Ensembles (``ensemble`` method) run after the other methods. A member that the run also evaluates with the same name
+and options is not recomputed: its records are read back from that method's attributions file. Other members are
+computed per chunk exactly as if they were evaluated (same seeding), so both ways give the same maps.
 """
 
 from __future__ import annotations
@@ -25,14 +29,12 @@ from amlx import methods as method_registry
 from amlx import metrics as metric_registry
 from amlx.data import data_from_options
 from amlx.evaluation import DEFAULT_METRICS, Evaluator
+from amlx.methods.base import method_label
+from amlx.methods.ensemble import Ensemble
 from amlx.models import ExplainedModel, resolve_device
 from amlx.progress import Progress
-from amlx.records import save_jsonl
+from amlx.records import Attribution, load_jsonl, save_jsonl
 from amlx.results import write_results
-
-
-def _method_label(name: str, options: dict) -> str:
-    return name + ("" if not options else "[" + ",".join(f"{k}={v}" for k, v in sorted(options.items())) + "]")
 
 
 def _done_indices(scores_path: Path, config_key: str) -> dict[int, dict]:
@@ -89,6 +91,8 @@ def evaluate(
 
     ``method_options`` maps a method name to its constructor options (e.g. ``{random: {seed: 1}}``); one method
     twice with different options: ``methods: [faml, faml_oracle=faml]`` with options keyed by the alias;
+    an ensemble: ``methods: [lime, kernel_shap, ens=ensemble]``, ``method_options: {ens: {members: [lime,
+    kernel_shap]}}`` (members evaluated in the same run with the same options are reused, not recomputed);
     ``perturbation`` / ``unit`` / ``rounding`` override every metric's default (see docs/evaluation.md).
     ``model_options`` go to ``ExplainedModel.from_pretrained`` (e.g. ``{mask: "id:4563"}``: the token that
     replaces masked units, for the methods and the metrics alike). ``data`` holds further ``TextClassificationData`` options (split sizes, columns); the defaults reproduce the
@@ -111,17 +115,50 @@ def evaluate(
                 "perturbation": perturbation, "unit": unit, "rounding": rounding, "chunk_size": chunk_size,
                 "data": data or {}, **({"model_options": model_options} if model_options else {})}  # fmt: skip
 
-    rows, per_method = [], {}
+    seeded: dict[str, bool] = {}  # method name → whether it takes a seed
+
+    def attribute_chunk(name: str, opts: dict, start: int, idx: list[int]) -> list[Attribution]:
+        """The method's records of examples ``idx`` (the chunk at ``start``), seeded per chunk."""
+        if name not in seeded:
+            seeded[name] = "seed" in inspect.signature(type(method_registry.get(name, **opts))).parameters
+        kw = dict(opts)
+        if seeded[name]:
+            kw["seed"] = opts.get("seed", seed) + start
+        torch.manual_seed(seed + start)
+        return method_registry.get(name, **kw).attribute([texts[i] for i in idx], explained)
+
+    items = []  # (alias, name, options, label) in the order of ``methods``
     for item in methods:
         alias, _, name = item.partition("=") if "=" in item else (item, "", item)
         opts = dict(method_options.get(alias, {}))
-        label = alias if alias != name else _method_label(name, opts)
+        items.append((alias, name, opts, alias if alias != name else method_label(name, opts)))
+    evaluated = {(name, json.dumps(opts, sort_keys=True)): label for _, name, opts, label in items if name != "ensemble"}
+    member_cache: dict[str, dict[str, Attribution]] = {}  # label → example id → record, read once per run
+
+    def ensemble_chunk(ens: Ensemble, start: int, idx: list[int]) -> list[Attribution]:
+        member_recs = []
+        for name, opts in ens.members:
+            source = evaluated.get((name, json.dumps(opts, sort_keys=True)))
+            if source is None:
+                member_recs.append(attribute_chunk(name, opts, start, idx))
+                continue
+            if source not in member_cache:
+                member_cache[source] = {r.example_id: r for r in load_jsonl(out / "attributions" / f"{source}.jsonl")}
+            member_recs.append([member_cache[source][ids[i]] for i in idx])
+        reused = [(name, json.dumps(opts, sort_keys=True)) in evaluated for name, opts in ens.members]
+        recs = ens.combine(member_recs)
+        for r in recs:
+            r.meta["reused"] = reused
+        return recs
+
+    rows_of, per_method = {}, {}
+    # ensembles last, so that the members they share with the run are on disk
+    for alias, name, opts, label in sorted(items, key=lambda it: it[1] == "ensemble"):
         config_key = json.dumps({**settings, "method": name, "options": opts}, sort_keys=True)
         scores_path = out / "scores" / f"{label}.jsonl"
         records_path = out / "attributions" / f"{label}.jsonl"
         done = _done_indices(scores_path, config_key)
         probe = method_registry.get(name, **opts)
-        seeded = "seed" in inspect.signature(type(probe)).parameters
         variant = getattr(probe, "variant", "") or ""
         if alias != name:  # two runs of one method must stay distinguishable in the table
             variant = f"{variant} [{alias}]".strip()
@@ -130,12 +167,10 @@ def evaluate(
                 idx = list(range(start, min(start + chunk_size, n)))
                 if all(i in done for i in idx):
                     continue
-                kw = dict(opts)
-                if seeded:
-                    kw["seed"] = opts.get("seed", seed) + start
-                torch.manual_seed(seed + start)
-                method = method_registry.get(name, **kw)
-                recs = method.attribute([texts[i] for i in idx], explained)
+                if isinstance(probe, Ensemble):
+                    recs = ensemble_chunk(probe, start, idx)
+                else:
+                    recs = attribute_chunk(name, opts, start, idx)
                 for i, r in zip(idx, recs):
                     r.example_id = ids[i]
                     if planted:
@@ -156,10 +191,13 @@ def evaluate(
         kept = [done[i] for i in range(n)]
         per_method[label] = kept
         sec = float(np.mean([r["seconds"] for r in kept]))
+        rows_of[label] = []
         for m in metric_names:
             mean, ci = summarize([r[m] for r in kept])
-            rows.append({"method": name, "variant": variant, "metric": m, "mean": mean, "ci95": ci, "n": n,
-                         "sec_per_example": sec, "label": label})  # fmt: skip
+            rows_of[label].append({"method": name, "variant": variant, "metric": m, "mean": mean, "ci95": ci, "n": n,
+                                   "sec_per_example": sec, "label": label})  # fmt: skip
+    rows = [row for *_, label in items for row in rows_of[label]]
+    per_method = {label: per_method[label] for *_, label in items}
 
     setup = {"explained_model": model, "dataset": dataset, "split": split, "n_examples": n,
              "unit": unit or "metric default", "perturbation": perturbation or "metric default",

@@ -5,6 +5,7 @@ method is one file with a class decorated by ``@register_method("name")``, impor
 """
 
 import amlx.methods.attention  # noqa: F401  (registration on import)
+import amlx.methods.ensemble  # noqa: F401  (registration on import)
 import amlx.methods.integrated_gradients  # noqa: F401  (registration on import)
 import amlx.methods.marc  # noqa: F401  (registration on import)
 import amlx.methods.perturbation  # noqa: F401  (registration on import)

@@ -126,3 +126,8 @@ def get(name: str, **options) -> AttributionMethod:
 
 def names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def method_label(name: str, options: dict) -> str:
+    """``name`` or ``name[k=v,...]`` (options sorted): how tables and file names tell configurations apart."""
+    return name + ("" if not options else "[" + ",".join(f"{k}={v}" for k, v in sorted(options.items())) + "]")

@@ -5,8 +5,9 @@
 file with a class decorated by ``@register_metric``, imported at the bottom of this module.
 
 Three families (see docs/evaluation.md):
-- perturbation metrics (``PerturbationMetric``: suff, comp, log_odds, aopc_*, marc_*, as_auc, ias_auc) run the
-  explained model on perturbed inputs; evaluate many records at once with ``amlx.evaluation.Evaluator``;
+- perturbation metrics (``PerturbationMetric``: suff, comp, log_odds, aopc_*, marc_*, as_auc, ias_auc; and
+  ``SearchMetric``s, whose variants depend on earlier ones: naopc_*) run the explained model on perturbed
+  inputs; evaluate many records at once with ``amlx.evaluation.Evaluator``;
 - agreement metrics (gt_overlap, mean_rank_pct, token_f1, iou_f1, auprc) compare scores with a record's
   ground truth and need no model;
 - sanity checks (spearman_cascading, spearman_independent) re-run a method on randomized copies of the model,
@@ -68,4 +69,4 @@ def direction(name: str) -> str | None:
 
 
 # registration happens on import
-from amlx.metrics import activation, agreement, faithfulness, sanity  # noqa: E402, F401
+from amlx.metrics import activation, agreement, faithfulness, naopc, sanity  # noqa: E402, F401

@@ -40,19 +40,17 @@ def n_units_for(n: int, percent: float, rounding: str = "floor") -> int:
     return min(k, n)
 
 
-def unit_ranks(
-    record: Attribution, unit: str = "token", agg: str = "max", ascending: bool = False
-) -> tuple[Tensor, int]:
-    """Rank of each token's unit (0 = most attributed; ``ascending`` = least first), -1 where not attributable.
+def unit_index(record: Attribution, unit: str = "token") -> tuple[np.ndarray, int]:
+    """Unit of each token, numbered by first appearance (0..n_units-1), -1 where not attributable.
 
-    Returns ``(rank: LongTensor [tokens], n_units)``.
+    Returns ``(units: int64 [tokens], n_units)``.
     """
     if unit not in UNITS:
         raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
     idx = np.flatnonzero(record.attributable)
-    rank = np.full(len(record), -1, dtype=np.int64)
+    units = np.full(len(record), -1, dtype=np.int64)
     if len(idx) == 0:
-        return torch.from_numpy(rank), 0
+        return units, 0
     if unit == "token":
         groups = np.arange(len(idx))
     else:
@@ -63,7 +61,23 @@ def unit_ranks(
         by_position = np.empty(len(first), dtype=np.int64)
         by_position[np.argsort(first)] = np.arange(len(first))
         groups = by_position[groups]  # unit index = order of first appearance, so ties break by position
-    n = int(groups.max()) + 1
+    units[idx] = groups
+    return units, int(groups.max()) + 1
+
+
+def unit_ranks(
+    record: Attribution, unit: str = "token", agg: str = "max", ascending: bool = False
+) -> tuple[Tensor, int]:
+    """Rank of each token's unit (0 = most attributed; ``ascending`` = least first), -1 where not attributable.
+
+    Returns ``(rank: LongTensor [tokens], n_units)``.
+    """
+    units, n = unit_index(record, unit)
+    rank = np.full(len(record), -1, dtype=np.int64)
+    if n == 0:
+        return torch.from_numpy(rank), 0
+    idx = np.flatnonzero(units >= 0)
+    groups = units[idx]
     unit_scores = aggregate(groups, record.scores[idx], n, agg)
     order = np.argsort(unit_scores if ascending else -unit_scores, kind="stable")
     unit_rank = np.empty(n, dtype=np.int64)
@@ -194,3 +208,36 @@ def single_prob(model, ids: Tensor, target: int) -> float:
     """p_target of one unpadded id sequence [tokens], batch of one."""
     ids = ids[None].to(model.device)
     return float(model.probs(input_ids=ids, attention_mask=torch.ones_like(ids))[0, target])
+
+
+class SearchMetric(PerturbationMetric):
+    """A perturbation metric whose later variants depend on p_ŷ of earlier ones (several rounds of forward passes).
+
+    ``search(record, memo)`` is a generator: it yields keep-masks [variants, tokens], is sent p_ŷ of those variants
+    [variants] (float64) and returns the metric value. ``memo`` is a dict that the caller keeps for one explained
+    model (or None): a search may store there what depends only on the example, not on its scores (NAOPC's
+    bounds), so that every method scored on the same examples shares it. ``Evaluator.evaluate`` drives the searches
+    of all records in lockstep, one batched, deduplicated set of forward passes per round, with the Evaluator's
+    memo; ``__call__`` drives one record alone, without a memo.
+    """
+
+    def search(self, record: Attribution, memo: dict | None = None):
+        raise NotImplementedError
+
+    def __call__(self, record: Attribution, model=None) -> float:
+        """Plain reference path: every variant of every round through the model on its own."""
+        return self.drive(self.search(record), record, model)
+
+    def drive(self, search, record: Attribution, model=None):
+        """Run one record's generator ``search`` to its end, each variant alone; returns its return value."""
+        if model is None:
+            raise ValueError(f"{self.name} runs the explained model on perturbed inputs: pass model=")
+        ids = torch.tensor(record.input_ids)
+        rid = replacement_id(model, self.perturbation)
+        try:
+            keep = next(search)
+            while True:
+                p = [single_prob(model, variant_ids(ids, k, self.perturbation, rid), record.target) for k in keep]
+                keep = search.send(np.asarray(p, dtype=np.float64))
+        except StopIteration as done:
+            return done.value
