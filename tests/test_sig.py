@@ -33,7 +33,7 @@ def _batch(model, texts=tuple(TEXTS)):
 @pytest.mark.parametrize("arch,kind", [("bert", "encoder"), ("gpt2", "decoder")])
 def test_each_words_sig_scores_sum_to_the_output_drop_with_that_word_at_the_baseline(explained, arch, kind):
     model = explained(arch, kind)
-    enc, target = _batch(model)
+    enc, target = _batch(model, TEXTS if kind == "encoder" else SHORT)  # the long text once: 25 words × 50 steps
     recs = get("sig", n_steps=50).attribute(enc, model, target=target)
     units, ref = units_of(enc, "word"), reference_embeddings(enc, model, "mask")
     x = model.embed(enc.input_ids).detach()
