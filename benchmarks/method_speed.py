@@ -6,7 +6,9 @@
 Each method attributes the same first ``n`` movie-test sentences (``--slow-n`` for methods that make hundreds of
 passes per example) after a one-example warm-up; the figure is the mean of the records' ``seconds`` (each
 internal batch's wall time split over its examples). Methods that cannot explain the model (e.g. Progressive
-Inference on an encoder) are listed with the reason. Writes ``benchmarks/results/speed-<model>.{json,md}``.
+Inference on an encoder) are listed with the reason. Besides every registered method at its defaults, the list holds
+the option variants in ``VARIANTS`` (RPI-IG and RPI-SIG); ``--methods`` takes names and ``name[option=value,...]``.
+Writes ``benchmarks/results/speed-<model>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -15,14 +17,28 @@ import argparse
 import sys
 
 import numpy as np
+import yaml
 
 from amlx import methods
 from amlx.data import TextClassificationData
 from amlx.models import ExplainedModel, resolve_device
 from amlx.results import write_results
 
-SLOW = {"shapley_sampling", "integrated_gradients", "gradient_shap", "lime", "kernel_shap", "faml", "marc", "rpi", "mp_pi"}
+SLOW = {"shapley_sampling", "integrated_gradients", "gradient_shap", "lime", "kernel_shap", "faml", "marc", "rpi", "mp_pi",
+        "sig"}  # fmt: skip
 NEEDS_CHECKPOINT = {"paml", "faml"}
+VARIANTS = ["integrated_gradients[baseline=diffusion]", "sig[baseline=diffusion]"]  # RPI-IG, RPI-SIG
+
+
+def parse_method(item: str) -> tuple[str, dict]:
+    """``name`` or ``name[option=value,...]`` (values read as YAML scalars) → (name, options)."""
+    name, _, rest = item.partition("[")
+    if not rest:
+        return name, {}
+    if not rest.endswith("]"):
+        raise SystemExit(f"--methods {item!r}: write options as name[option=value,...]")
+    pairs = [p.partition("=") for p in rest[:-1].split(",") if p]
+    return name, {k.strip(): yaml.safe_load(v) for k, _, v in pairs}
 
 
 def main() -> None:
@@ -30,7 +46,8 @@ def main() -> None:
     ap.add_argument("--model", default="amlx:minilm-movies")
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--slow-n", type=int, default=5)
-    ap.add_argument("--methods", nargs="*", default=None, help="default: every registered method")
+    ap.add_argument("--methods", nargs="*", default=None,
+                    help="names or name[option=value,...]; default: every registered method, then VARIANTS")  # fmt: skip
     ap.add_argument("--checkpoint", default=None, help="pAML checkpoint for paml/faml (skipped without one)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda[:N] | auto (results of a GPU run get a '-cuda' suffix)")
     args = ap.parse_args()
@@ -39,21 +56,23 @@ def main() -> None:
     model = ExplainedModel.from_pretrained(args.model).to(device)
     texts = TextClassificationData(dataset="amlx:movies", seed=0).split("test")["text"]
     rows, skipped = [], []
-    for name in args.methods or methods.names():
-        opts = {"checkpoint": args.checkpoint} if name in NEEDS_CHECKPOINT else {}
-        if name in NEEDS_CHECKPOINT and not args.checkpoint:
-            skipped.append(f"{name}: no --checkpoint")
-            continue
+    for item in args.methods or methods.names() + VARIANTS:
+        name, opts = parse_method(item)
+        if name in NEEDS_CHECKPOINT:
+            opts.setdefault("checkpoint", args.checkpoint)
+            if not opts["checkpoint"]:
+                skipped.append(f"{name}: no --checkpoint")
+                continue
         n = args.slow_n if name in SLOW else args.n
         try:
             method = methods.get(name, **opts)
             method.attribute(texts[:1], model)  # warm-up (lazy loads, caches)
             recs = method.attribute(texts[1 : n + 1], model)
         except (ValueError, NotImplementedError) as err:
-            skipped.append(f"{name}: {err}")
+            skipped.append(f"{item}: {err}")
             continue
         sec = float(np.mean([r.seconds for r in recs]))
-        print(f"{name:24s} {sec:8.4f} s/example (n={len(recs)})", flush=True)
+        print(f"{item:24s} {sec:8.4f} s/example (n={len(recs)})", flush=True)
         rows.append({"method": name, "variant": method.variant, "metric": "seconds", "mean": sec, "n": len(recs),
                      "sec_per_example": sec})  # fmt: skip
     setup = {"explained_model": args.model, "kind": model.kind, "dataset": "amlx:movies", "split": "test",

@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.test_rp
 
 from amlx.data import TextClassificationData  # noqa: E402
 from amlx.methods.attention import prediction_rows  # noqa: E402
-from amlx.methods.rpi import alpha_bar, capture, path_integral, resolve_layers, sample_baselines  # noqa: E402
+from amlx.methods.diffusion import alpha_bar, sample_baselines  # noqa: E402
+from amlx.methods.rpi import capture, path_integral, resolve_layers  # noqa: E402
 from amlx.models import ExplainedModel  # noqa: E402
 from amlx.results import write_results  # noqa: E402
 from tests.test_rpi import reference_maps  # noqa: E402

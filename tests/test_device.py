@@ -37,6 +37,7 @@ OPTIONS = {
     "mp_pi": {"disk_cache": False, "max_n": 6},
     "rpi": {"n_baselines": 3, "n_steps": 4},
     "marc": {"steps": 6},
+    "sig": {"n_steps": 4},
 }
 DECODER_ONLY = {"sp_pi", "mp_pi"}
 SKIP = {"paml", "faml"}  # need a checkpoint: test_aml_methods_on_the_gpu_match_the_cpu below

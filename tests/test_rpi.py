@@ -19,7 +19,8 @@ import yaml
 from amlx import methods
 from amlx.evaluation import Evaluator
 from amlx.methods.attention import prediction_rows
-from amlx.methods.rpi import alpha_bar, capture, path_integral, resolve_layers, sample_baselines
+from amlx.methods.diffusion import alpha_bar, sample_baselines
+from amlx.methods.rpi import capture, path_integral, resolve_layers
 from amlx.models.attention_patch import AttentionReplacementError, swap_attention
 from amlx.models.explained import ExplainedModel
 from amlx.records import records_from_encoded

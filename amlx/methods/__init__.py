@@ -12,6 +12,7 @@ import amlx.methods.perturbation  # noqa: F401  (registration on import)
 import amlx.methods.progressive  # noqa: F401  (registration on import)
 import amlx.methods.rpi  # noqa: F401  (registration on import)
 import amlx.methods.saliency  # noqa: F401  (registration on import)
+import amlx.methods.sig  # noqa: F401  (registration on import)
 from amlx.methods import aml, gradient, random  # noqa: E402, F401  (registration on import)
 from amlx.methods.base import AttributionMethod, get, names, register_method, resolve_targets
 

@@ -1,7 +1,8 @@
 """Reference-based gradient methods on input embeddings, wrapping captum: Integrated Gradients, GradientSHAP, DeepLift.
 
 All three compare the input embeddings x with a reference x' that replaces every attributable token by the mask
-(default) or pad embedding while specials and the prompt keep their real embeddings, explain the target *logit*,
+(default) or pad embedding (IG also: RPI's diffusion draws around the mask, ``baseline="diffusion"``) while
+specials and the prompt keep their real embeddings, explain the target *logit*,
 and sum the per-dimension attributions over the hidden dimension to get one score per token.
 """
 
@@ -15,6 +16,7 @@ from captum.attr import DeepLift, GradientShap, IntegratedGradients
 from torch import Tensor, nn
 
 from amlx.methods.base import AttributionMethod, register_method
+from amlx.methods.diffusion import diffusion_for
 from amlx.models.explained import Encoded
 
 BASELINES = ("mask", "pad")
@@ -58,8 +60,11 @@ class ReferenceMethod(AttributionMethod):
         self.baseline = baseline
 
     def scores(self, enc: Encoded, model, target: Tensor) -> Tensor:
+        return self.reference_scores(enc, model, target, reference_embeddings(enc, model, self.baseline))
+
+    def reference_scores(self, enc: Encoded, model, target: Tensor, ref: Tensor) -> Tensor:
+        """Scores [batch, tokens] against the reference embeddings ``ref`` [batch, tokens, hidden]."""
         x = model.embed(enc.input_ids).detach().requires_grad_(True)
-        ref = reference_embeddings(enc, model, self.baseline)
         with torch.enable_grad():
             attr = self.embedding_attributions(LogitsFromEmbeds(model), x, ref, enc.attention_mask, target)
         return attr.detach().sum(-1)
@@ -78,7 +83,14 @@ class IntegratedGradientsMethod(ReferenceMethod):
     ``n_steps`` points (default 50) by ``integration`` = ``gausslegendre`` (captum's default) or ``riemann_*``.
     ``internal_batch_size`` is rows (steps × examples) per forward/backward pass, as in captum; a batch of
     examples is also at most that many examples. Cost: n_steps forward + backward rows per example.
+
+    ``baseline="diffusion"`` is RPI-IG (seed 001 Table 6): R references drawn around the mask reference by RPI's
+    diffusion process (§3.2.1), one IG map each, one kept by ``selection`` (options of
+    ``amlx.methods.diffusion.DiffusionBaselines``: ``n_baselines``, ``timestep``, ``selection``, ``metric``, ...;
+    ``seed``). Cost: R·n_steps rows per example, plus the selection metric's evaluation.
     """
+
+    takes_probs = True  # the oracle selection of baseline="diffusion" scores candidates against F(x)
 
     def __init__(
         self,
@@ -86,11 +98,20 @@ class IntegratedGradientsMethod(ReferenceMethod):
         n_steps: int = 50,
         integration: str = "gausslegendre",
         internal_batch_size: int = 50,
+        seed: int = 0,
+        **diffusion,
     ) -> None:
-        super().__init__(baseline, internal_batch_size)
+        self.diffusion = diffusion_for(baseline, seed, diffusion)
+        super().__init__("mask" if self.diffusion else baseline, internal_batch_size)
         self.n_steps = n_steps
         self.integration = integration
-        self.variant = f"{baseline}-{n_steps}"
+        self.variant = f"{baseline}-{n_steps}" + (f" {self.diffusion.variant}" if self.diffusion else "")
+
+    def scores(self, enc: Encoded, model, target: Tensor, probs: Tensor) -> Tensor:
+        if self.diffusion is None:
+            return super().scores(enc, model, target)
+        ref = reference_embeddings(enc, model, "mask")
+        return self.diffusion.scores(enc, model, target, probs, ref, self.reference_scores, self.internal_batch_size)
 
     def embedding_attributions(self, forward, x, ref, mask, target):
         return IntegratedGradients(forward).attribute(

@@ -27,7 +27,6 @@ selection metric's evaluation.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,6 +35,8 @@ from torch import Tensor, nn
 
 from amlx.methods.attention import prediction_rows
 from amlx.methods.base import OUTPUTS, AttributionMethod, class_outputs, register_method
+from amlx.methods.diffusion import NOISE_SCALES, alpha_bar, sample_baselines
+from amlx.methods.selection import select_maps, selection_label, selection_metric
 from amlx.models.attention_patch import (
     AttentionReplacementError,
     block_of,
@@ -45,53 +46,7 @@ from amlx.models.attention_patch import (
 )
 from amlx.models.explained import Encoded
 
-SCHEDULES = ("linear", "cosine")
-NOISE_SCALES = ("sqrt", "linear")
 SUPPORTS = ("allowed", "full")
-SELECTIONS = ("metric", "mean")
-
-
-def alpha_bar(timesteps: int = 500, schedule: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
-    """ᾱ_t = Π_{s≤t}(1 − β_s) for t = 1..T: [T] float64 (index t − 1).
-
-    ``linear``: β_t linear from ``beta_start`` to ``beta_end`` (Ho et al., 2020; the paper's schedule). ``cosine``:
-    ᾱ_t = f(t)/f(0), f(t) = cos²((t/T + 0.008)/1.008 · π/2), β_t clipped at 0.999 (Nichol & Dhariwal, 2021).
-    """
-    if timesteps < 1:
-        raise ValueError(f"timesteps must be ≥ 1, got {timesteps}")
-    if schedule == "linear":
-        betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
-    elif schedule == "cosine":
-        s = 0.008
-        f = torch.cos((torch.arange(timesteps + 1, dtype=torch.float64) / timesteps + s) / (1 + s) * math.pi / 2) ** 2
-        betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
-    else:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    return torch.cumprod(1 - betas, 0)
-
-
-def sample_baselines(
-    attention: Tensor,
-    allowed: Tensor,
-    n_baselines: int,
-    alpha_bars: Tensor,
-    noise_scale: str = "sqrt",
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """R diffusion baselines per example (§3.2.1): attention [B, h, k, k] → [B, R, h, k, k], zero where not ``allowed``.
-
-    t ~ U{1..T} per baseline; b = √ᾱ_t·A + s_t·ε with s_t = √(1 − ᾱ_t) (``sqrt``) or 1 − ᾱ_t (``linear``). Draws
-    come from ``generator`` on the CPU, so a seed gives the same baselines on any device.
-    """
-    if noise_scale not in NOISE_SCALES:
-        raise ValueError(f"noise_scale must be one of {NOISE_SCALES}, got {noise_scale!r}")
-    b, r = attention.shape[0], n_baselines
-    t = torch.randint(0, len(alpha_bars), (b, r), generator=generator)
-    eps = torch.randn((b, r, *attention.shape[1:]), generator=generator, dtype=torch.float32)
-    ab = alpha_bars[t].float()[..., None, None, None].to(attention.device)  # [B, R, 1, 1, 1]
-    scale = (1 - ab).sqrt() if noise_scale == "sqrt" else 1 - ab
-    base = ab.sqrt() * attention[:, None].float() + scale * eps.to(attention.device)
-    return base * allowed[:, None]
 
 
 @dataclass
@@ -192,16 +147,6 @@ def path_integral(
     return g.mean(2)
 
 
-def metric_values(model, enc: Encoded, maps: Tensor, target: Tensor, probs: Tensor, metric) -> Tensor:
-    """``metric`` (a registered perturbation metric) of every candidate map [B, C, tokens] → [B, C] (float64).
-
-    All candidates of all examples are scored in one batched ``Evaluator`` call, as fAML's oracle selection does.
-    """
-    from amlx.evaluation import Evaluator
-
-    return Evaluator(model, [metric]).score_maps(enc, maps, target, probs, "rpi")[metric.name]
-
-
 @register_method("rpi")
 class RPI(AttributionMethod):
     """Randomized Path-Integration (module docstring): ``n_baselines`` R × ``n_steps`` n interpolants per layer in J.
@@ -242,7 +187,7 @@ class RPI(AttributionMethod):
         if not layers:
             raise ValueError("layers must name at least one layer, e.g. [-1] for the last")
         choices = {"noise_scale": (noise_scale, NOISE_SCALES), "baseline_support": (baseline_support, SUPPORTS),
-                   "output": (output, OUTPUTS), "selection": (selection, SELECTIONS)}  # fmt: skip
+                   "output": (output, OUTPUTS)}  # fmt: skip
         for what, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
@@ -250,16 +195,10 @@ class RPI(AttributionMethod):
         self.n_baselines, self.n_steps, self.layers = n_baselines, n_steps, list(layers)
         self.noise_scale, self.difference_factor, self.baseline_support = noise_scale, difference_factor, baseline_support
         self.output, self.selection, self.reuse_prefix = output, selection, reuse_prefix
-        self.metric = None
-        if selection == "metric":
-            from amlx import metrics
-
-            self.metric = metrics.get(metric)
-            if getattr(self.metric, "kind", None) != "perturbation":
-                raise ValueError(f"selection='metric' needs a perturbation metric (comp, suff, ...), got {metric!r}")
+        self.metric = selection_metric(selection, metric)
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
-        chosen = f"oracle-selected:{metric}" if selection == "metric" else "proxy:mean"
+        chosen = selection_label(selection, metric)
         where = "" if self.layers == [-1] else " L" + ",".join(map(str, self.layers))
         seed_code = (" noise:linear" if noise_scale == "linear" else "") + ("" if difference_factor else " no-(A-b)/n")
         self.variant = f"{chosen} R{n_baselines}n{n_steps}{where}{seed_code}"
@@ -289,8 +228,4 @@ class RPI(AttributionMethod):
 
     def scores(self, enc: Encoded, model, target: Tensor) -> Tensor:
         maps, probs = self.candidate_maps(enc, model, target)
-        if self.selection == "mean":
-            return maps.mean(1)
-        values = metric_values(model, enc, maps, target, probs, self.metric).to(maps.device)
-        best = values.argmax(1) if self.metric.direction == "higher" else values.argmin(1)
-        return maps[torch.arange(len(enc), device=maps.device), best]
+        return select_maps(model, enc, maps, target, probs, self.selection, self.metric)
