@@ -11,6 +11,7 @@ import amlx.methods.perturbation  # noqa: F401  (registration on import)
 import amlx.methods.progressive  # noqa: F401  (registration on import)
 import amlx.methods.rpi  # noqa: F401  (registration on import)
 import amlx.methods.saliency  # noqa: F401  (registration on import)
+import amlx.methods.solvex  # noqa: F401  (registration on import)
 from amlx.methods import aml, gradient, random  # noqa: E402, F401  (registration on import)
 from amlx.methods.base import AttributionMethod, get, names, register_method, resolve_targets
 
