@@ -4,7 +4,9 @@
 method is one file with a class decorated by ``@register_method("name")``, imported below.
 """
 
+import amlx.methods.alti  # noqa: F401  (registration on import)
 import amlx.methods.attention  # noqa: F401  (registration on import)
+import amlx.methods.globenc  # noqa: F401  (registration on import)
 import amlx.methods.integrated_gradients  # noqa: F401  (registration on import)
 import amlx.methods.marc  # noqa: F401  (registration on import)
 import amlx.methods.perturbation  # noqa: F401  (registration on import)
