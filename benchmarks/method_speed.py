@@ -21,7 +21,8 @@ from amlx.data import TextClassificationData
 from amlx.models import ExplainedModel, resolve_device
 from amlx.results import write_results
 
-SLOW = {"shapley_sampling", "integrated_gradients", "gradient_shap", "lime", "kernel_shap", "faml", "marc", "rpi", "mp_pi"}
+SLOW = {"shapley_sampling", "integrated_gradients", "gradient_shap", "lime", "kernel_shap", "faml", "marc", "rpi", "mp_pi",
+        "solvex"}
 NEEDS_CHECKPOINT = {"paml", "faml"}
 
 
