@@ -81,3 +81,16 @@ def test_the_prompt_template_is_configurable_and_gets_task_label_and_text(model)
 def test_a_decoder_giving_the_wrong_number_of_answers_is_an_error(model):
     with pytest.raises(ValueError, match="gave 0 answers to 1 prompts"):
         get("llm_explanation", decoder=lambda prompts: []).attribute([TEXT], model)
+
+
+def test_the_hugging_face_decoder_answers_every_prompt_of_a_padded_batch(tmp_path):
+    from amlx.methods.llm_explanation import HFDecoder
+    from tests.tiny import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer("gpt2")
+    tiny_model("gpt2", "prompted", tok).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    decoder = HFDecoder(str(tmp_path), max_new_tokens=3)
+    batch = decoder(["A good movie.", "bad"])
+    assert len(batch) == 2 and all(isinstance(a, str) for a in batch)
+    assert decoder(["bad"]) == batch[1:]  # left padding: the short prompt's answer does not depend on its batch-mate
