@@ -125,7 +125,7 @@ class Evaluator:
                 [torch.nn.functional.pad(r, (0, width - r.shape[1]), value=FILL) for r in rows]
             )
             unique, inverse = torch.unique(allrows, dim=0, return_inverse=True)
-            probs, passes = self._forward(unique)
+            probs, passes = variant_probs(self.model, unique, self.max_tokens, self.max_rows)
             p_all = probs.double().numpy()[inverse.numpy()]  # [rows, classes]
             self.stats = {"records": len(records), "variants": len(allrows), "unique": len(unique),
                           "forward_passes": passes}  # fmt: skip
@@ -178,7 +178,7 @@ class Evaluator:
                 batch = torch.full((len(new), width), FILL, dtype=torch.long)
                 for i, row in enumerate(new.values()):
                     batch[i, : min(width, len(row))] = row[:width]
-                probs, passes = self._forward(batch)
+                probs, passes = variant_probs(self.model, batch, self.max_tokens, self.max_rows)
                 cache.update(zip(new, probs.double().numpy()))
                 stats["search_forward_passes"] += passes
             stats["search_rounds"] += 1
@@ -194,32 +194,6 @@ class Evaluator:
             active = still
         self.stats.update(stats)
 
-    @torch.inference_mode()
-    def _forward(self, rows: Tensor) -> tuple[Tensor, int]:
-        """Class probabilities [rows, classes] of FILL-padded id rows (shortest first, ≤ max_tokens per pass), and
-        the number of forward passes."""
-        lengths = (rows != FILL).sum(1)
-        order = torch.argsort(lengths, stable=True)
-        out = torch.empty(len(rows), self.model.num_labels, dtype=torch.float32)
-        pad_id = self.model.tokenizer.pad_token_id
-        passes, i = 0, 0
-        sorted_len = lengths[order].tolist()
-        while i < len(rows):
-            j = i + 1  # sorted ascending: the chunk's padded length is that of its last row
-            while j < len(rows) and j - i < self.max_rows and (j + 1 - i) * sorted_len[j] <= self.max_tokens:
-                j += 1
-            idx = order[i:j]
-            width = sorted_len[j - 1]
-            chunk = rows[idx, :width]
-            attention = (chunk != FILL).long()
-            ids = chunk.masked_fill(chunk == FILL, pad_id).to(self.model.device)
-            out[idx] = (
-                self.model.probs(input_ids=ids, attention_mask=attention.to(self.model.device)).float().cpu()
-            )
-            passes += 1
-            i = j
-        return out, passes
-
     def _check(self, records: Sequence[Attribution]) -> None:
         vocab = self.model.embedding_layer.num_embeddings
         for rec in records:
@@ -228,3 +202,31 @@ class Evaluator:
                     f"{rec.where()} does not fit the explained model {self.model.name!r} (token ids or target "
                     "outside its vocabulary / label set); evaluate records with the model that produced them"
                 )
+
+
+@torch.inference_mode()
+def variant_probs(model, rows: Tensor, max_tokens: int = 8192, max_rows: int = 64) -> tuple[Tensor, int]:
+    """Class probabilities [rows, classes] (CPU) of FILL-padded id rows [rows, tokens] and the number of passes.
+
+    Rows go through ``model`` shortest first, at most ``max_rows`` rows and ``max_tokens`` = rows × padded length
+    per pass; FILL positions become padding with attention 0.
+    """
+    lengths = (rows != FILL).sum(1)
+    order = torch.argsort(lengths, stable=True)
+    out = torch.empty(len(rows), model.num_labels, dtype=torch.float32)
+    pad_id = model.tokenizer.pad_token_id
+    passes, i = 0, 0
+    sorted_len = lengths[order].tolist()
+    while i < len(rows):
+        j = i + 1  # sorted ascending: the chunk's padded length is that of its last row
+        while j < len(rows) and j - i < max_rows and (j + 1 - i) * sorted_len[j] <= max_tokens:
+            j += 1
+        idx = order[i:j]
+        width = sorted_len[j - 1]
+        chunk = rows[idx, :width]
+        attention = (chunk != FILL).long()
+        ids = chunk.masked_fill(chunk == FILL, pad_id).to(model.device)
+        out[idx] = model.probs(input_ids=ids, attention_mask=attention.to(model.device)).float().cpu()
+        passes += 1
+        i = j
+    return out, passes

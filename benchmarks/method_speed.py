@@ -25,7 +25,7 @@ from amlx.models import ExplainedModel, resolve_device
 from amlx.results import write_results
 
 SLOW = {"shapley_sampling", "integrated_gradients", "gradient_shap", "lime", "kernel_shap", "faml", "marc", "rpi", "mp_pi",
-        "sig"}  # fmt: skip
+        "sig", "solvex"}  # fmt: skip
 NEEDS_CHECKPOINT = {"paml", "faml"}
 VARIANTS = ["integrated_gradients[baseline=diffusion]", "sig[baseline=diffusion]"]  # RPI-IG, RPI-SIG
 
