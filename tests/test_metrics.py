@@ -127,6 +127,25 @@ def test_rounding_floor_vs_ceil(rec, model):
     assert value("aopc_comp", rec, model, rounding="ceil") == pytest.approx(expected, abs=1e-6)
 
 
+def test_k_100_percent_removes_every_unit(rec, model):
+    for n in range(1, 13):
+        assert n_units_for(n, 100) == n_units_for(n, 100, "ceil") == n
+    everything = metrics.get("comp")
+    everything.percents = (100,)  # Comp(100): the variant keeps only [CLS] [SEP]
+    assert everything(rec, model) == pytest.approx(P_X - p([]), abs=1e-6)
+    assert Evaluator(model, [everything]).evaluate([rec])["comp"][0] == pytest.approx(P_X - p([]), abs=1e-6)
+    words = bow_record(model, "good badly slow", target=1)  # 3 words, 4 tokens: every word goes, "##ly" with "bad"
+    everything.unit = "word"
+    assert everything(words, model) == pytest.approx(p(["good", "bad", "##ly", "slow"]) - p([]), abs=1e-6)
+
+
+def test_ceil_of_a_tiny_k_is_exactly_one_unit():
+    for n in range(1, 13):
+        assert n_units_for(n, 0.01, "ceil") == 1
+        assert n_units_for(n, 0.01) == 0
+    assert n_units_for(0, 100) == n_units_for(0, 0.01, "ceil") == 0  # nothing to remove
+
+
 def test_too_few_tokens_comp_is_zero_and_suff_keeps_only_specials(model):
     short = bow_record(model, "good movie")  # 20% of 2 tokens rounds down to 0
     px = p(["good", "movie"])
