@@ -16,6 +16,7 @@ from amlx.data import (
     load_table,
     plant,
 )
+from amlx.words import word_spans
 
 
 @pytest.fixture
@@ -157,6 +158,34 @@ def test_planted_token_at_random_position_keeps_the_original_words(movie_cache):
         assert rest == orig["text"].split()
         positions.add(s == len(r["text"]) - (e - s))
     assert positions == {True, False}  # some at the end, some inside
+
+
+PUNCTUATED = (
+    "Two hours of my life, reaching happiness.",
+    "The verdict: Two bodies were found...",
+    "Wait... what?! (Really.)",
+    '"Quoted" and [bracketed]; semi;colons',
+    "It's well-made, isn't it?",
+    "a -b c- d—e 100% fun, 10/10!",
+    "Line one.\nLine two:\tTabbed!",
+    "  leading and trailing spaces .  ",
+    "naïve café, crème brûlée.",
+)
+
+
+def words_of(text: str) -> list[str]:
+    return [text[s:e] for s, e in word_spans(text)]
+
+
+def test_planted_token_at_random_position_is_always_a_word_of_its_own():
+    table = datasets.Dataset.from_dict({"text": list(PUNCTUATED) * 4, "label": [0] * len(PUNCTUATED) * 4})
+    class_words = ["negative", "positive"]
+    for seed in range(25):
+        for r, orig in zip(plant(table, class_words, position="random", seed=seed), table):
+            s, e = r["planted_start"], r["planted_end"]
+            assert r["text"][s:e] == class_words[r["label"]]
+            assert (s, e) in word_spans(r["text"]), (seed, r["text"])
+            assert words_of(r["text"][:s] + r["text"][e:]) == words_of(orig["text"])  # the original words stay
 
 
 def test_local_csv_with_label_names_and_empty_rows(tmp_path):
