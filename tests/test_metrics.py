@@ -65,6 +65,23 @@ def test_registry_lists_every_schema_metric_with_a_direction():
         metrics.get("compp")
 
 
+def test_direction_of_an_unregistered_name_is_none():
+    assert metrics.direction("compp") is None and metrics.direction("comp") == "higher"
+
+
+def test_a_second_metric_class_under_a_taken_name_is_refused(monkeypatch):
+    comp = type(metrics.get("comp"))
+    monkeypatch.setitem(metrics._REGISTRY, "comp", comp)  # put back after the test, whatever happens
+
+    class Impostor(metrics.Metric):
+        name, direction = "comp", "lower"
+
+    with pytest.raises(ValueError, match="two metrics are registered as 'comp'"):
+        metrics.register_metric(Impostor)
+    assert type(metrics.get("comp")) is comp
+    assert metrics.register_metric(comp) is comp  # registering the same class again is harmless
+
+
 def test_comp_equals_prob_drop_when_top_20pct_deleted(rec, model):
     assert value("comp", rec, model) == pytest.approx(P_X - p(without(["good", "great"])), abs=1e-6)
 
