@@ -117,3 +117,15 @@ def test_identical_spans_pair_one_to_one_even_when_byte_pieces_share_a_character
     valid = torch.ones(4, dtype=torch.bool)
     scores = torch.tensor([0.1, 0.9, 0.3, 0.5])
     assert torch.equal(align_scores(scores, off, valid, off, valid), scores)
+
+
+def test_mean_merge_gives_finite_gradients_where_target_tokens_read_nothing():
+    # AML trains through the mapping: target rows with no source token (specials, padding) must not make NaNs
+    src_off, src_valid = spans(tiny_tokenizer("bert"), [TEXT, "A good movie."])
+    tgt_off, tgt_valid = spans(tiny_tokenizer("roberta"), [TEXT, "A good movie."])  # <s> … </s> and padding
+    assert not tgt_valid.all()
+    scores = numbered_scores(src_valid).requires_grad_(True)
+    out = align_scores(scores, src_off, src_valid, tgt_off, tgt_valid, reduce="mean")
+    out.sum().backward()
+    assert torch.isfinite(scores.grad).all() and (out[~tgt_valid] == 0).all()
+    assert (scores.grad[src_valid] > 0).all()  # every source token feeds some target token

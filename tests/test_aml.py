@@ -276,3 +276,35 @@ def test_fAML_metric_selection_is_the_oracle_protocol(backbone_dir, target):
     values = res.maps[0][:, res.enc.attributable[0]].mean(-1)
     assert res.selection == "oracle-selected"
     assert int(res.step[0]) == int(values.argmin())
+
+
+class MeanScore:
+    """A selection metric with its own direction: the mean score over the attributable tokens."""
+
+    def __init__(self, direction: str) -> None:
+        self.direction = direction
+
+    def __call__(self, record, model) -> float:
+        return float(record.scores[record.attributable].mean())
+
+
+def test_fAML_explicit_metric_direction_overrides_the_metrics_own_direction(backbone_dir, target):
+    att = make_attributor(backbone_dir, target)
+    texts = list(TEXTS[:2])
+    own = FAML(att, steps=2, params="head", lr=1e-2, selection="metric", metric=MeanScore("higher")).attribute(texts)
+    values = torch.stack([own.maps[b][:, own.enc.attributable[b]].mean(-1) for b in range(2)])  # [batch, steps + 1]
+    assert (values.argmax(1) != values.argmin(1)).all(), "the steps' maps must differ in mean score"
+    assert torch.equal(own.step, values.argmax(1))
+    flipped = FAML(att, steps=2, params="head", lr=1e-2, selection="metric", metric=MeanScore("higher"),
+                   metric_direction="lower").attribute(texts)  # fmt: skip
+    assert torch.equal(flipped.step, values.argmin(1))
+    assert torch.equal(flipped.scores, flipped.maps[torch.arange(2), values.argmin(1)])
+
+
+def test_fAML_last_selection_returns_the_map_after_the_final_step(backbone_dir, target):
+    att = make_attributor(backbone_dir, target)
+    res = FAML(att, steps=2, params="head", lr=1e-2, selection="last").attribute(list(TEXTS[:2]))
+    assert res.selection == "last" and res.maps.shape[1] == 3
+    assert res.step.tolist() == [2, 2]
+    assert torch.equal(res.scores, res.maps[:, -1])
+    assert not torch.allclose(res.maps[:, -1], res.maps[:, -2])  # the last step moved the maps

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import json
 
+import datasets
 import pytest
 
 from amlx import assets
-from amlx.data import DatasetLabelError, TextClassificationData, data_from_options, load_table, plant
+from amlx.data import (
+    DatasetLabelError,
+    TextClassificationData,
+    data_from_options,
+    datamodule,
+    load_table,
+    plant,
+)
+from amlx.words import word_spans
 
 
 @pytest.fixture
@@ -43,6 +52,60 @@ def test_splits_are_disjoint_seeded_and_sized(movie_cache):
     assert set(again.split("test")["id"]) == ids["test"]
     other = TextClassificationData(test_size=10, val_size=6, seed=4)
     assert set(other.split("test")["id"]) != ids["test"]
+
+
+def hub_table(splits: dict[str, int]) -> datasets.DatasetDict:
+    """A hub-style dataset with its own splits: ``{name: rows}``, row ids "<name>-<i>"."""
+    return datasets.DatasetDict({
+        name: datasets.Dataset.from_dict({"text": [f"{name} sentence {i}" for i in range(n)], "label": [i % 2 for i in range(n)],
+                                          "id": [f"{name}-{i}" for i in range(n)]})
+        for name, n in splits.items()
+    })  # fmt: skip
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """``hub({"train": 40, "test": 8})``: the data module loads that table as if from the hub."""
+
+    def use(splits: dict[str, int]) -> datasets.DatasetDict:
+        table = hub_table(splits)
+        monkeypatch.setattr(datamodule, "load_table", lambda *a, **k: table)
+        return table
+
+    return use
+
+
+def test_hub_validation_split_is_seeded(hub):
+    hub({"train": 40, "test": 8})
+    val = lambda seed: list(TextClassificationData("hub/x", val_size=6, seed=seed).split("val")["id"])  # noqa: E731
+    assert val(3) == val(3)
+    assert set(val(3)) != set(val(4))
+
+
+def test_hub_validation_is_disjoint_from_train_and_sized_as_configured(hub):
+    table = hub({"train": 40, "test": 8})
+    dm = TextClassificationData("hub/x", val_size=6, test_size=1000, seed=3)
+    ids = {s: set(dm.split(s)["id"]) for s in ("train", "val", "test")}
+    assert [len(dm.split(s)) for s in ("train", "val", "test")] == [34, 6, 8]
+    assert not ids["train"] & ids["val"]
+    assert ids["train"] | ids["val"] == set(table["train"]["id"])
+    assert list(dm.split("test")["id"]) == table["test"]["id"]  # the hub's own test split, whole and in order
+
+
+def test_hub_train_only_is_cut_into_disjoint_seeded_test_val_and_train(hub):
+    table = hub({"train": 40})
+    dm = TextClassificationData("hub/x", val_size=6, test_size=10, seed=3)
+    ids = {s: set(dm.split(s)["id"]) for s in ("train", "val", "test")}
+    assert [len(ids[s]) for s in ("train", "val", "test")] == [24, 6, 10]
+    assert set().union(*ids.values()) == set(table["train"]["id"])
+    again = TextClassificationData("hub/x", val_size=6, test_size=10, seed=3)
+    assert [list(again.split(s)["id"]) for s in ("val", "test")] == [list(dm.split(s)["id"]) for s in ("val", "test")]
+
+
+def test_hub_train_too_small_for_the_validation_split_raises_naming_the_option(hub):
+    hub({"train": 5, "test": 8})
+    with pytest.raises(ValueError, match="val_size=6"):
+        TextClassificationData("hub/x", val_size=6).setup()
 
 
 def test_validation_alias_and_job_data_options(movie_cache):
@@ -95,6 +158,34 @@ def test_planted_token_at_random_position_keeps_the_original_words(movie_cache):
         assert rest == orig["text"].split()
         positions.add(s == len(r["text"]) - (e - s))
     assert positions == {True, False}  # some at the end, some inside
+
+
+PUNCTUATED = (
+    "Two hours of my life, reaching happiness.",
+    "The verdict: Two bodies were found...",
+    "Wait... what?! (Really.)",
+    '"Quoted" and [bracketed]; semi;colons',
+    "It's well-made, isn't it?",
+    "a -b c- d—e 100% fun, 10/10!",
+    "Line one.\nLine two:\tTabbed!",
+    "  leading and trailing spaces .  ",
+    "naïve café, crème brûlée.",
+)
+
+
+def words_of(text: str) -> list[str]:
+    return [text[s:e] for s, e in word_spans(text)]
+
+
+def test_planted_token_at_random_position_is_always_a_word_of_its_own():
+    table = datasets.Dataset.from_dict({"text": list(PUNCTUATED) * 4, "label": [0] * len(PUNCTUATED) * 4})
+    class_words = ["negative", "positive"]
+    for seed in range(25):
+        for r, orig in zip(plant(table, class_words, position="random", seed=seed), table):
+            s, e = r["planted_start"], r["planted_end"]
+            assert r["text"][s:e] == class_words[r["label"]]
+            assert (s, e) in word_spans(r["text"]), (seed, r["text"])
+            assert words_of(r["text"][:s] + r["text"][e:]) == words_of(orig["text"])  # the original words stay
 
 
 def test_local_csv_with_label_names_and_empty_rows(tmp_path):

@@ -157,3 +157,18 @@ def test_a_results_name_writes_the_table_with_its_png_plot(setup, monkeypatch):
         with Image.open(stem.with_suffix(".png")) as im:
             im.load()
             assert im.size[0] > 300
+
+
+def test_a_seeded_method_is_seeded_per_chunk_with_seed_plus_the_chunks_first_index(setup):
+    from amlx.methods import get
+    from amlx.models import ExplainedModel
+
+    tmp_path, kw = setup
+    evaluate(out_dir=str(tmp_path / "run"), **{**kw, "methods": ["random"], "seed": 2})
+    recs = load_jsonl(tmp_path / "run" / "attributions" / "random.jsonl")
+    model = ExplainedModel.from_pretrained(kw["model"])
+    for start in (0, 3, 6):  # chunk_size 3 over 7 examples
+        chunk = recs[start : start + 3]
+        again = get("random", seed=2 + start).attribute([r.text for r in chunk], model)
+        for a, b in zip(chunk, again):
+            np.testing.assert_array_equal(a.scores, b.scores)

@@ -61,6 +61,38 @@ def test_records_from_another_tokenizer_are_rejected(explained):
         Evaluator(llama, ["comp"]).evaluate([rec])
 
 
+def test_a_record_whose_target_is_not_a_class_of_the_model_is_rejected():
+    from dataclasses import replace
+
+    from tests.bow import bow_explained, bow_record
+
+    model = bow_explained()  # 2 classes
+    rec = replace(bow_record(model, "good movie"), probs=np.array([0.2, 0.3, 0.5]), target=2)  # from a 3-class model
+    with pytest.raises(ValueError, match="evaluate records with the model that produced them"):
+        Evaluator(model, ["comp"]).evaluate([rec])
+
+
+def test_every_pass_stays_within_max_tokens():
+    from tests.bow import bow_explained, bow_record
+
+    model = bow_explained()
+    texts = ["good great fun movie the plot was slow dull bad", "the bad movie was awful", "a great fun plot"]
+    records = [bow_record(model, t) for t in texts]
+    budget = 3 * max(len(r) for r in records)  # room for 3 rows of the longest variant, more of the short ones
+    shapes, probs = [], model.probs
+
+    def recording(input_ids=None, attention_mask=None, inputs_embeds=None):
+        shapes.append(tuple(input_ids.shape))
+        return probs(input_ids, attention_mask, inputs_embeds)
+
+    model.probs = recording
+    ev = Evaluator(model, ["aopc_comp", "aopc_suff"], max_tokens=budget)
+    ev.evaluate(records)
+    assert len(shapes) == ev.stats["forward_passes"] > 1
+    assert all(rows * tokens <= budget for rows, tokens in shapes), shapes
+    assert sum(rows for rows, _ in shapes) == ev.stats["unique"]
+
+
 @pytest.mark.integration
 def test_batched_evaluation_equals_one_by_one_on_minilm():
     if not (assets.local_path("amlx:minilm") / ".complete").exists():

@@ -11,9 +11,9 @@ import torch
 
 from amlx.attributors.marc import MaRCMask, word_positions
 from amlx.methods import get
-from amlx.methods.marc import blend_weights, segment_bounds
+from amlx.methods.marc import blend_weights, instance_seed, segment_bounds
 from amlx.models.explained import EmptyTextError
-from tests.bow import BIAS, WEIGHTS, bow_explained
+from tests.bow import BIAS, VOCAB, WEIGHTS, bow_explained
 from tests.tiny import TEXTS, tiny_explained
 
 FAST = {"steps": 12, "patience": None}  # a few noisy Adam steps: enough to move every mask
@@ -93,6 +93,32 @@ def test_first_step_loss_is_eq8_by_hand_on_the_bag_of_words_model(bow, scoring, 
     comp_term = comp if complement == "score" else -comp_rest
     hand = -keep + comp_term + 1.0 * lam**2 + 1.2 * -math.log(2.0)
     assert method.last_fit.losses[0, 0].item() == pytest.approx(hand, rel=1e-5)
+
+
+def test_x_tilde_and_its_complement_get_different_noise_draws_from_the_instance_generator():
+    # w = 0 ⇒ λ = ½ on both words, so x̃ and x̃^c share the point ½(x + b) and differ only by their noise
+    model, sent = bow_explained(), []
+    forward = model.logits
+
+    def recording(input_ids=None, attention_mask=None, inputs_embeds=None):
+        if inputs_embeds is not None:  # the optimization's forward passes (F(x) itself comes from input_ids)
+            sent.append(inputs_embeds.detach().clone())
+        return forward(input_ids, attention_mask, inputs_embeds)
+
+    model.logits = recording
+    text, seed, std = "good movie", 5, 0.1
+    get("marc", steps=1, w_init=0.0, flip_prob=0.0, noise_std=std, seed=seed).attribute(text, model)
+    (embeds,) = sent  # [x̃; x̃^c]: [2, tokens, 1]
+    enc = model.encode(text)
+    x, b = model.embed(enc.input_ids)[0], model.embed(torch.tensor([[VOCAB["[PAD]"]]]))[0, 0]
+    middle = torch.where(enc.attributable[0, :, None], (x + b) / 2, x)  # specials keep λ = 1: x̃ = x̃^c = x
+    # the documented draw order of the instance's generator: flips (2 words), flip values, then the noise
+    g = torch.Generator().manual_seed(instance_seed(seed, text, 0))
+    torch.rand(2, generator=g), torch.rand(2, generator=g)
+    noise = torch.randn(2, len(x), 1, generator=g) * std  # [x̃ / x̃^c, tokens, hidden]
+    torch.testing.assert_close(embeds[0] - middle, noise[0])
+    torch.testing.assert_close(embeds[1] - middle, noise[1])
+    assert (noise[0] - noise[1]).abs().min() > 1e-4
 
 
 def test_planted_class_word_gets_the_highest_lambda_on_the_bag_of_words_model(bow):

@@ -58,6 +58,33 @@ def test_integrated_gradients_completeness_within_2_percent_at_50_steps(explaine
         assert rec.scores.sum() == pytest.approx(gap, rel=0.02)
 
 
+# the 3-point rules on α ∈ [0, 1]: Gauss–Legendre nodes ½ ∓ ½√(3/5), ½ with weights 5/18, 8/18, 5/18;
+# the right Riemann sum at ⅓, ⅔, 1 with weights ⅓ each
+THREE_POINT_RULES = {
+    "gausslegendre": ([0.5 - 0.5 * (3 / 5) ** 0.5, 0.5, 0.5 + 0.5 * (3 / 5) ** 0.5], [5 / 18, 8 / 18, 5 / 18]),
+    "riemann_right": ([1 / 3, 2 / 3, 1.0], [1 / 3, 1 / 3, 1 / 3]),
+}
+
+
+@pytest.mark.parametrize("integration", sorted(THREE_POINT_RULES))
+def test_integrated_gradients_with_3_steps_equals_the_hand_quadrature_of_the_path_integral(explained, integration):
+    # IG_i = Σ_h (x − x')_ih · Σ_k w_k ∂F/∂x_ih(x' + α_k (x − x')) on a nonlinear model: 2 steps ≠ 3 steps here
+    model = explained("bert", "encoder")
+    enc = model.encode([TEXTS[1]])
+    rec = get("integrated_gradients", n_steps=3, integration=integration).attribute(enc, model, target=1)[0]
+    x, ref = model.embed(enc.input_ids).detach(), reference_embeddings(enc, model, "mask")
+    alphas, weights = THREE_POINT_RULES[integration]
+    path_sum = torch.zeros_like(x)
+    for alpha, weight in zip(alphas, weights):
+        point = (ref + alpha * (x - ref)).requires_grad_(True)
+        with torch.enable_grad():
+            model.logits(inputs_embeds=point, attention_mask=enc.attention_mask)[0, 1].backward()
+        path_sum += weight * point.grad
+    hand = ((x - ref) * path_sum).sum(-1)[0]
+    np.testing.assert_allclose(rec.scores, hand.numpy(), rtol=1e-4, atol=1e-6)
+    assert np.abs(rec.scores).max() > 1e-3
+
+
 def test_integrated_gradients_reference_keeps_specials_and_replaces_text_tokens(explained):
     model = explained("llama", "prompted")
     enc = model.encode(list(TEXTS))

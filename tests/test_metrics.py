@@ -66,6 +66,23 @@ def test_registry_lists_every_schema_metric_with_a_direction():
         metrics.get("compp")
 
 
+def test_direction_of_an_unregistered_name_is_none():
+    assert metrics.direction("compp") is None and metrics.direction("comp") == "higher"
+
+
+def test_a_second_metric_class_under_a_taken_name_is_refused(monkeypatch):
+    comp = type(metrics.get("comp"))
+    monkeypatch.setitem(metrics._REGISTRY, "comp", comp)  # put back after the test, whatever happens
+
+    class Impostor(metrics.Metric):
+        name, direction = "comp", "lower"
+
+    with pytest.raises(ValueError, match="two metrics are registered as 'comp'"):
+        metrics.register_metric(Impostor)
+    assert type(metrics.get("comp")) is comp
+    assert metrics.register_metric(comp) is comp  # registering the same class again is harmless
+
+
 def test_comp_equals_prob_drop_when_top_20pct_deleted(rec, model):
     assert value("comp", rec, model) == pytest.approx(P_X - p(without(["good", "great"])), abs=1e-6)
 
@@ -126,6 +143,25 @@ def test_rounding_floor_vs_ceil(rec, model):
     counts = [1, 1, 1, 2, 5]
     expected = sum(P_X - p(RANKED[c:]) for c in counts) / 5
     assert value("aopc_comp", rec, model, rounding="ceil") == pytest.approx(expected, abs=1e-6)
+
+
+def test_k_100_percent_removes_every_unit(rec, model):
+    for n in range(1, 13):
+        assert n_units_for(n, 100) == n_units_for(n, 100, "ceil") == n
+    everything = metrics.get("comp")
+    everything.percents = (100,)  # Comp(100): the variant keeps only [CLS] [SEP]
+    assert everything(rec, model) == pytest.approx(P_X - p([]), abs=1e-6)
+    assert Evaluator(model, [everything]).evaluate([rec])["comp"][0] == pytest.approx(P_X - p([]), abs=1e-6)
+    words = bow_record(model, "good badly slow", target=1)  # 3 words, 4 tokens: every word goes, "##ly" with "bad"
+    everything.unit = "word"
+    assert everything(words, model) == pytest.approx(p(["good", "bad", "##ly", "slow"]) - p([]), abs=1e-6)
+
+
+def test_ceil_of_a_tiny_k_is_exactly_one_unit():
+    for n in range(1, 13):
+        assert n_units_for(n, 0.01, "ceil") == 1
+        assert n_units_for(n, 0.01) == 0
+    assert n_units_for(0, 100) == n_units_for(0, 0.01, "ceil") == 0  # nothing to remove
 
 
 def test_too_few_tokens_comp_is_zero_and_suff_keeps_only_specials(model):

@@ -59,6 +59,13 @@ def test_spans_to_tokens_marks_overlapping_attributable_tokens(model):
     assert rec.spans_to_tokens([(5, 10)]).tolist() == [False, False, True, True, False, False]
 
 
+def test_spans_to_tokens_leaves_out_a_token_that_starts_where_the_span_ends(model):
+    rec = bow_record(model, "good badly, slow")  # [CLS] good bad ##ly , slow [SEP]; "bad" is 5..8, "##ly" 8..10
+    assert rec.spans_to_tokens([(5, 8)]).tolist() == [False, False, True, False, False, False, False]
+    assert rec.spans_to_tokens([(8, 10)]).tolist() == [False, False, False, True, False, False, False]
+    assert rec.spans_to_tokens([(4, 5)]).tolist() == [False] * 7  # the space between two words
+
+
 def test_jsonl_round_trip_and_append(model, tmp_path):
     recs = [bow_record(model, "good movie", ground_truth=["good"]), bow_record(model, "the plot was slow")]
     recs[0].meta["fold"] = 3

@@ -24,10 +24,12 @@ class TextClassificationData(L.LightningDataModule):
     """Seeded splits of a labelled text table (an ``amlx:`` dataset, a CSV/JSONL file or a hub dataset).
 
     Sources without their own splits are shuffled with ``seed`` and cut into ``test_size`` test rows,
-    ``val_size`` validation rows and the rest for training. ``planted=True`` turns every split into the
-    planted-token ground-truth variant (labels randomized, class word inserted, span recorded). ``teacher``: an
-    attribution JSONL of the train split (``explain.py explain``); training then uses the rows it covers and each
-    train batch carries their maps under ``"teacher"`` (``teacher_method`` picks one method of a mixed file).
+    ``val_size`` validation rows and the rest for training. Hub datasets keep their own splits; a missing test or
+    validation split is cut the same way (seeded, disjoint) out of their train split. ``planted=True`` turns
+    every split into the planted-token ground-truth variant (labels randomized, class word inserted, span recorded).
+    ``teacher``: an attribution JSONL of the train split (``explain.py explain``); training then uses the rows it
+    covers and each train batch carries their maps under ``"teacher"`` (``teacher_method`` picks one method of a
+    mixed file).
     """
 
     def __init__(
@@ -125,6 +127,13 @@ class TextClassificationData(L.LightningDataModule):
         if "train" not in table:
             raise ValueError(f"{hp.dataset} has splits {list(table)} but no 'train'")
         found = {k: next((table[n] for n in names if n in table), None) for k, names in HUB_SPLIT_NAMES.items()}
+        cut = {k: getattr(hp, f"{k}_size") for k in ("test", "val") if found[k] is None}  # carved out of train
+        if cut and sum(cut.values()) >= len(found["train"]):
+            sizes = " + ".join(f"{k}_size={n}" for k, n in cut.items())
+            raise ValueError(
+                f"{hp.dataset}'s train split has {len(found['train'])} rows: too few to cut {sizes} out of it; "
+                "lower them in the data config"
+            )
         rest = found["train"].shuffle(seed=hp.seed)
         if found["test"] is None:
             found["test"] = rest.select(range(hp.test_size))

@@ -39,7 +39,10 @@ def plant(
                 sep = "" if text.endswith(" ") else " "
                 start, out = at + len(sep), text + sep + word
             else:
-                start, out = at, text[:at] + word + " " + text[at:]
+                # a space before the word too when the boundary follows a non-space ("happiness." → "happiness
+                # positive ."): glued to its neighbour, the class word would not be a word of its own
+                sep = " " if at > 0 and not text[at - 1].isspace() else ""
+                start, out = at + len(sep), text[:at] + sep + word + " " + text[at:]
         return {"text": out, "label": int(new_labels[idx]), "planted_start": start, "planted_end": start + len(word)}
 
     return ds.map(insert, with_indices=True)
