@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from amlx.methods.base import AttributionMethod
 from amlx.models.explained import Encoded
@@ -67,10 +66,7 @@ class TopKAttack:
         before), ``prediction_held``, ``attacked`` (held and B left the top-k in part), ``linf`` ‖δ‖∞, ``steps``
         run and ``best_step``.
         """
-        with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no double backward
-            return self._run(method, model, enc.to(model.device))
-
-    def _run(self, method: AttributionMethod, model, enc: Encoded) -> list[dict]:
+        enc = enc.to(model.device)
         mask = enc.attributable  # [batch, tokens]
         e0 = model.embed(enc.input_ids).detach()  # [batch, tokens, hidden]
         with torch.no_grad():

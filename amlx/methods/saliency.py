@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from amlx.methods.base import AttributionMethod, class_outputs, register_method
 from amlx.models.explained import Encoded
@@ -15,9 +18,11 @@ def embedding_gradients(embeds: Tensor, attention_mask: Tensor, model, target: T
     """∂out_target/∂x at the input embeddings ``embeds`` [batch, tokens, hidden] (``class_outputs``), same shape.
 
     One batched backward pass. When ``embeds`` requires grad (the top-k attack), the gradient keeps its graph, so it
-    is itself differentiable w.r.t. ``embeds`` (double backprop).
+    is itself differentiable w.r.t. ``embeds`` (double backprop); attention then runs on the plain-math kernel, as
+    the fused ones (flash, memory-efficient) have no double backward.
     """
-    with torch.enable_grad():
+    second_order = sdpa_kernel(SDPBackend.MATH) if embeds.requires_grad else contextlib.nullcontext()
+    with torch.enable_grad(), second_order:
         x = embeds if embeds.requires_grad else embeds.detach().requires_grad_(True)
         logits = model.logits(inputs_embeds=x, attention_mask=attention_mask)  # [batch, classes]
         out = class_outputs(logits, output)
