@@ -11,6 +11,7 @@ tree, so it is never in ``state_dict()``, ``parameters()`` or a checkpoint, and 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass, fields
@@ -300,7 +301,10 @@ class AMLAttributor(L.LightningModule):
 
     def hidden(self, input_ids: Tensor, attention_mask: Tensor, y: Tensor) -> Tensor:
         """Backbone states of the attributor tokens with z_v inserted after the last real token: [batch, source, d]."""
-        emb = self.backbone.get_input_embeddings()(input_ids)  # [batch, source, d]
+        return self.hidden_from_embeds(self.backbone.get_input_embeddings()(input_ids), attention_mask, y)
+
+    def hidden_from_embeds(self, emb: Tensor, attention_mask: Tensor, y: Tensor) -> Tensor:
+        """``hidden`` from the attributor's word embeddings ``emb`` [batch, source, d] instead of token ids."""
         b, s, d = emb.shape
         z = self.class_embeddings[0] + y.to(emb.dtype) @ self.class_embeddings[1:]  # z_v = z_0 + Σ_j y_j z_j
         length = attention_mask.sum(1)[:, None]  # [batch, 1]
@@ -384,12 +388,37 @@ class AMLAttributor(L.LightningModule):
     @torch.no_grad()
     def scores(self, enc: Encoded, target: Tensor | None = None, probs: Tensor | None = None) -> Tensor:
         """Inference: one forward pass of G on an encoded batch → [batch, tokens] (0 where not attributable)."""
-        was_training = self.training
-        self.eval()
-        enc, _, y = self.prepare(enc, target, probs)
-        a = self.token_scores(enc, y) * enc.attributable
-        self.train(was_training)
-        return a
+        with evaluating(self):
+            enc, _, y = self.prepare(enc, target, probs)
+            return self.token_scores(enc, y) * enc.attributable
+
+    def scores_from_embeds(self, embeds: Tensor, enc: Encoded, target: Tensor | None = None) -> Tensor:
+        """Scores [batch, tokens] when the explained model's word embeddings are ``embeds`` [batch, tokens, hidden].
+
+        G reads the text through its own tokenizer, so an embedding perturbation δ = embeds − F's embeddings must
+        reach G through the tokens they share: G's own word embeddings of the same tokens are displaced by the
+        same δ, and G is conditioned on F(embeds). Differentiable w.r.t. ``embeds`` (the top-k attack); refused
+        unless G and F tokenize the batch identically with equal hidden sizes.
+        """
+        explained = self.explained
+        enc = enc.to(self.device)
+        inputs = self.tokenize(enc.texts).to(self.device)
+        own = self.backbone.get_input_embeddings()(inputs.input_ids)  # [batch, source, d]
+        if inputs.input_ids.shape != enc.input_ids.shape or not torch.equal(inputs.input_ids, enc.input_ids) or (
+            own.shape[-1] != embeds.shape[-1]
+        ):
+            raise ValueError(
+                "a perturbation of the explained model's embeddings reaches the pAML attributor only through tokens "
+                f"both share: its backbone {self.hparams.backbone!r} must tokenize the texts exactly as the explained "
+                f"model {explained.name!r} does, with the same hidden size; attack another method, or an attributor "
+                "trained with such a backbone"
+            )
+        with evaluating(self):
+            probs = explained.probs(inputs_embeds=embeds, attention_mask=enc.attention_mask)
+            y = condition(probs, self.hparams.class_conditioning, target)
+            delta = embeds - explained.embed(enc.input_ids).detach()
+            a_src = self.head_scores(self.hidden_from_embeds(own + delta.to(own.dtype), inputs.attention_mask, y))
+            return self.to_explained(a_src, inputs, enc) * enc.attributable
 
     def attribute(self, texts: str | list[str], target: Tensor | None = None) -> Tensor:
         """Scores on the tokens of ``explained.encode(texts)``: [batch, tokens]; ``target`` matters only for hard."""
@@ -457,6 +486,17 @@ class AMLAttributor(L.LightningModule):
         if explained is not None:
             model.set_explained(explained)
         return model
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module):
+    """``module`` in eval mode (no dropout) inside the block, its previous mode restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def checkpoint_path(name: str) -> Path:

@@ -69,6 +69,10 @@ class PAML(_AMLMethod):
     def scores(self, enc: Encoded, model, target: Tensor, probs: Tensor | None = None) -> Tensor:
         return self._attach(model).scores(enc, target, probs)
 
+    def scores_from_embeds(self, embeds: Tensor, enc: Encoded, model, target: Tensor) -> Tensor:
+        """G's map when F's word embeddings are ``embeds``; G's own embeddings of the same tokens move with them."""
+        return self._attach(model).scores_from_embeds(embeds, enc, target)
+
 
 @register_method("faml")
 class FAMLMethod(_AMLMethod):

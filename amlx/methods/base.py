@@ -3,7 +3,9 @@
 A method is a class with a registered ``name`` and one entry point, ``attribute(inputs, model, target=None)``:
 texts (or an ``Encoded`` batch) in, one ``Attribution`` per example out. Shared arguments mean the same
 everywhere: ``target`` (None = the predicted class; an int or label name for all examples; or one per example)
-and ``internal_batch_size`` (examples per forward/backward pass). A subclass implements only ``scores``.
+and ``internal_batch_size`` (examples per forward/backward pass). A subclass implements only ``scores``; a method
+whose map is a differentiable function of the input embeddings also implements ``scores_from_embeds`` (what the top-k
+attack, ``amlx.attack``, needs).
 """
 
 from __future__ import annotations
@@ -44,6 +46,23 @@ class AttributionMethod:
     def scores(self, enc: Encoded, model, target: Tensor) -> Tensor:
         """Raw scores [batch, tokens] for the batch ``enc`` (on the model's device) and classes ``target`` [batch]."""
         raise NotImplementedError
+
+    def scores_from_embeds(self, embeds: Tensor, enc: Encoded, model, target: Tensor) -> Tensor:
+        """Scores [batch, tokens] of ``enc`` with its word embeddings replaced by ``embeds`` [batch, tokens, hidden].
+
+        Differentiable w.r.t. ``embeds`` when it requires grad (gradient maps keep their graph: double backprop);
+        at ``model.embed(enc.input_ids)`` it equals ``scores``. Position, type and special-token inputs are the
+        model's own. Implemented by saliency, gradient_x_input, integrated_gradients and paml.
+        """
+        raise NotImplementedError(
+            f"{self.name} has no differentiable map of the input embeddings; the top-k attack (explain.py "
+            f"robustness) supports {', '.join(differentiable_names())}"
+        )
+
+    @classmethod
+    def differentiable(cls) -> bool:
+        """Whether the method implements ``scores_from_embeds``."""
+        return cls.scores_from_embeds is not AttributionMethod.scores_from_embeds
 
     def attribute(self, inputs: str | list[str] | Encoded, model, target: Target = None) -> list[Attribution]:
         """One record per example; ``seconds`` is each internal batch's wall time split evenly over its examples."""
@@ -131,3 +150,8 @@ def names() -> list[str]:
 def method_label(name: str, options: dict) -> str:
     """``name`` or ``name[k=v,...]`` (options sorted): how tables and file names tell configurations apart."""
     return name + ("" if not options else "[" + ",".join(f"{k}={v}" for k, v in sorted(options.items())) + "]")
+
+
+def differentiable_names() -> list[str]:
+    """Registered methods that implement ``scores_from_embeds``."""
+    return [n for n in names() if _REGISTRY[n].differentiable()]

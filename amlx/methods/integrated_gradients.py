@@ -13,10 +13,12 @@ import warnings
 import numpy as np
 import torch
 from captum.attr import DeepLift, GradientShap, IntegratedGradients
+from captum.attr._utils.approximation_methods import approximation_parameters
 from torch import Tensor, nn
 
 from amlx.methods.base import AttributionMethod, register_method
 from amlx.methods.diffusion import diffusion_for
+from amlx.methods.saliency import embedding_gradients
 from amlx.models.explained import Encoded
 
 BASELINES = ("mask", "pad")
@@ -123,6 +125,29 @@ class IntegratedGradientsMethod(ReferenceMethod):
             method=self.integration,
             internal_batch_size=max(self.internal_batch_size, len(x)),
         )
+
+    def scores_from_embeds(self, embeds: Tensor, enc: Encoded, model, target: Tensor) -> Tensor:
+        """Σ_h (x − x')·Σ_k w_k ∇F(x' + α_k(x − x')) at x = ``embeds``, on captum's points and weights, in torch.
+
+        The same quadrature as ``scores`` (which runs captum), written out so that it stays differentiable in x:
+        the gradients keep their graph when ``embeds`` requires grad. The reference x' is that of the real tokens.
+        """
+        ref = reference_embeddings(enc, model, self.baseline)  # [batch, tokens, hidden]
+        step_sizes, alphas = approximation_parameters(self.integration)
+        weights, points = step_sizes(self.n_steps), alphas(self.n_steps)
+        b = len(embeds)
+        per_pass = max(1, self.internal_batch_size // b)  # path points per forward/backward pass (rows = points·b)
+        total = torch.zeros_like(embeds)
+        for start in range(0, self.n_steps, per_pass):
+            a = torch.tensor(points[start : start + per_pass], dtype=embeds.dtype, device=embeds.device)
+            w = torch.tensor(weights[start : start + per_pass], dtype=embeds.dtype, device=embeds.device)
+            path = ref + a[:, None, None, None] * (embeds - ref)  # [points, batch, tokens, hidden]
+            n = len(a)
+            grad = embedding_gradients(
+                path.flatten(0, 1), enc.attention_mask.repeat(n, 1), model, target.repeat(n)
+            ).unflatten(0, (n, b))
+            total = total + (w[:, None, None, None] * grad).sum(0)
+        return ((embeds - ref) * total).sum(-1)
 
 
 @register_method("gradient_shap")

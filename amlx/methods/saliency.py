@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from amlx.methods.base import AttributionMethod, class_outputs, register_method
 from amlx.models.explained import Encoded
@@ -11,26 +14,39 @@ from amlx.models.explained import Encoded
 REDUCTIONS = ("l2", "l1", "sum")
 
 
-def input_gradients(enc: Encoded, model, target: Tensor, output: str = "logit") -> tuple[Tensor, Tensor]:
-    """(∂out_target/∂x, x), both [batch, tokens, hidden], from one batched backward pass (``class_outputs``)."""
-    with torch.enable_grad():
-        x = model.embed(enc.input_ids).detach().requires_grad_(True)
-        logits = model.logits(inputs_embeds=x, attention_mask=enc.attention_mask)  # [batch, classes]
+def embedding_gradients(embeds: Tensor, attention_mask: Tensor, model, target: Tensor, output: str = "logit") -> Tensor:
+    """∂out_target/∂x at the input embeddings ``embeds`` [batch, tokens, hidden] (``class_outputs``), same shape.
+
+    One batched backward pass. When ``embeds`` requires grad (the top-k attack), the gradient keeps its graph, so it
+    is itself differentiable w.r.t. ``embeds`` (double backprop); attention then runs on the plain-math kernel, as
+    the fused ones (flash, memory-efficient) have no double backward.
+    """
+    second_order = sdpa_kernel(SDPBackend.MATH) if embeds.requires_grad else contextlib.nullcontext()
+    with torch.enable_grad(), second_order:
+        x = embeds if embeds.requires_grad else embeds.detach().requires_grad_(True)
+        logits = model.logits(inputs_embeds=x, attention_mask=attention_mask)  # [batch, classes]
         out = class_outputs(logits, output)
         chosen = out.gather(1, target[:, None]).sum()  # rows are independent: one backward for all
-        (grad,) = torch.autograd.grad(chosen, x)
-    return grad.detach(), x.detach()
+        (grad,) = torch.autograd.grad(chosen, x, create_graph=embeds.requires_grad)
+    return grad
+
+
+class EmbeddingGradientMethod(AttributionMethod):
+    """Shared part of saliency and G×I: scores are a function of ∂out/∂x at the word embeddings x."""
+
+    sort_by_length = True  # an example's scores do not depend on its batch-mates
+
+    def scores(self, enc: Encoded, model, target: Tensor) -> Tensor:
+        return self.scores_from_embeds(model.embed(enc.input_ids).detach(), enc, model, target).detach()
 
 
 @register_method("saliency")
-class Saliency(AttributionMethod):
+class Saliency(EmbeddingGradientMethod):
     """Scores = ‖∂logit_target/∂x_i‖ over the hidden dimension: ``l2`` (default), ``l1``, or ``sum`` = Σ_h ∂/∂x_ih.
 
     ``sum`` is signed (the gradient summed over hidden, MaRC's "Saliency_s"); ``l1``/``l2`` are magnitudes.
     Cost: one forward and one backward pass per batch.
     """
-
-    sort_by_length = True  # an example's scores do not depend on its batch-mates
 
     def __init__(self, reduction: str = "l2", output: str = "logit", internal_batch_size: int = 16) -> None:
         super().__init__(internal_batch_size)
@@ -40,8 +56,8 @@ class Saliency(AttributionMethod):
         self.reduction, self.output = reduction, output
         self.variant = reduction if output == "logit" else f"{reduction},{output}"
 
-    def scores(self, enc: Encoded, model, target: Tensor) -> Tensor:
-        grad, _ = input_gradients(enc, model, target, self.output)  # [batch, tokens, hidden]
+    def scores_from_embeds(self, embeds: Tensor, enc: Encoded, model, target: Tensor) -> Tensor:
+        grad = embedding_gradients(embeds, enc.attention_mask, model, target, self.output)  # [batch, tokens, hidden]
         if self.reduction == "sum":
             return grad.sum(-1)
         return grad.norm(p=2 if self.reduction == "l2" else 1, dim=-1)
