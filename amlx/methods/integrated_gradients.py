@@ -132,6 +132,11 @@ class IntegratedGradientsMethod(ReferenceMethod):
         The same quadrature as ``scores`` (which runs captum), written out so that it stays differentiable in x:
         the gradients keep their graph when ``embeds`` requires grad. The reference x' is that of the real tokens.
         """
+        if self.diffusion is not None:
+            raise NotImplementedError(
+                "the explanation attack differentiates IG with one fixed reference; baseline='diffusion' draws R of "
+                "them and selects one map: attack integrated_gradients with baseline mask or pad"
+            )
         ref = reference_embeddings(enc, model, self.baseline)  # [batch, tokens, hidden]
         step_sizes, alphas = approximation_parameters(self.integration)
         weights, points = step_sizes(self.n_steps), alphas(self.n_steps)
