@@ -1,16 +1,13 @@
 """Explain, evaluate and render: ``python explain.py <subcommand> --config configs/....yaml``.
 
 Subcommands: ``main`` (the README's main job), ``evaluate`` (methods × metrics table, resumable),
-``explain`` (attributions for texts, a file or a dataset split → terminal, HTML, JSONL).
+``explain`` (attributions for texts, a file or a dataset split → terminal, HTML, JSONL). User errors print one
+line and exit with status 2 (``--debug`` shows the traceback); see ``amlx/jobs/cli.py``.
 """
 
-from jsonargparse import CLI
+import sys
 
-from amlx.jobs.evaluate import evaluate
-from amlx.jobs.explain import explain
-from amlx.main_job import main
-
-COMMANDS = {"main": main, "evaluate": evaluate, "explain": explain}
+from amlx.jobs.cli import main
 
 if __name__ == "__main__":
-    CLI(COMMANDS, as_positional=False)
+    sys.exit(main())

@@ -15,6 +15,8 @@ import torch
 import yaml
 
 from amlx import assets
+from amlx import methods as method_registry
+from amlx import metrics as metric_registry
 from amlx.data import TextClassificationData
 from amlx.evaluation import DEFAULT_METRICS
 from amlx.models import ExplainedModel, resolve_device
@@ -65,6 +67,12 @@ def main(
     """
     from amlx.attributors.aml import checkpoint_path
 
+    defaults = {"paml": {"checkpoint": attributor}, "faml": {"checkpoint": attributor, "steps": 10,
+                "selection": "loss"}}  # fmt: skip
+    aliases = {m.partition("=")[0] for m in methods}
+    options = {**{k: v for k, v in defaults.items() if k in aliases}, **(method_options or {})}
+    method_registry.parse_methods(methods, options)  # a typo fails now, not after fine-tuning
+    metric_registry.check_names(metrics)
     t0 = time.perf_counter()
     stages: dict[str, float] = {}  # stage → wall seconds
     lap = [t0]
@@ -104,9 +112,6 @@ def main(
     from amlx.jobs.evaluate import evaluate
     from amlx.jobs.explain import explain
 
-    options = {"paml": {"checkpoint": attributor}, "faml": {"checkpoint": attributor, "steps": 10,
-               "selection": "loss"}}  # fmt: skip
-    options.update(method_options or {})
     dm_args = yaml.safe_load(Path(classifier_config).read_text())["data"].get("init_args", {})
     data = {k: v for k, v in dm_args.items() if k in ("val_size", "test_size")}
     print(f"[amlx] faithfulness on the first {n_eval} test examples (resumable; {out_dir}/evaluate)", flush=True)
@@ -114,8 +119,7 @@ def main(
                      dataset=dm_args.get("dataset", "amlx:movies"), n=n_eval, seed=dm_args.get("seed", 0),
                      data=data, out_dir=f"{out_dir}/evaluate", progress=False)  # fmt: skip
     done(f"evaluate {n_eval} examples")
-    report_options = {k: v for k, v in options.items() if k in methods}
-    explain(model=explained_model, methods=methods, method_options=report_options, dataset=dm_args.get("dataset"),
+    explain(model=explained_model, methods=methods, method_options=options, dataset=dm_args.get("dataset"),
             n=n_report, seed=dm_args.get("seed", 0), data=data, out_dir=f"{out_dir}/report", terminal=False)  # fmt: skip
     done(f"HTML report of {n_report} examples")
     total = time.perf_counter() - t0

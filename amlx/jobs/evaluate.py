@@ -11,7 +11,6 @@ and, with ``results_name``, to ``benchmarks/results/<results_name>.{json,md}``.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import time
@@ -24,14 +23,25 @@ from tqdm.auto import tqdm
 from amlx import methods as method_registry
 from amlx import metrics as metric_registry
 from amlx.data import data_from_options
+from amlx.errors import UserError
 from amlx.evaluation import DEFAULT_METRICS, Evaluator
 from amlx.models import ExplainedModel, resolve_device
 from amlx.records import save_jsonl
 from amlx.results import write_results
 
 
-def _method_label(name: str, options: dict) -> str:
-    return name + ("" if not options else "[" + ",".join(f"{k}={v}" for k, v in sorted(options.items())) + "]")
+class ResumeMismatchError(UserError, ValueError):
+    """``out_dir`` holds scores of a different evaluation configuration than the one asked for."""
+
+
+def _changed_settings(old_key: str | None, new_key: str) -> str:
+    """The settings that differ between two configuration keys (JSON), for the message."""
+    try:
+        old, new = json.loads(old_key or "{}"), json.loads(new_key)
+    except json.JSONDecodeError:
+        return "its configuration"
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    return ", ".join(changed) or "its configuration"
 
 
 def _done_indices(scores_path: Path, config_key: str) -> dict[int, dict]:
@@ -45,9 +55,10 @@ def _done_indices(scores_path: Path, config_key: str) -> dict[int, dict]:
                 continue
             row = json.loads(line)
             if row.get("config") != config_key:
-                raise ValueError(
-                    f"{scores_path} was written by a different evaluation configuration; use another out_dir "
-                    "or delete it to start over"
+                raise ResumeMismatchError(
+                    f"{scores_path} was written by a different evaluation configuration (changed: "
+                    f"{_changed_settings(row.get('config'), config_key)}); resume with the same configuration, "
+                    "use another out_dir, or delete it to start over"
                 )
             done[row["index"]] = row
     return done
@@ -94,7 +105,8 @@ def evaluate(
     splits the default classifier was trained on. ``device``: ``auto`` (a CUDA GPU when one is visible, else the
     CPU), ``cpu``, ``cuda`` or ``cuda:N``: the explained model, the methods and the metrics' forward passes run there.
     """
-    method_options = method_options or {}
+    specs = method_registry.parse_methods(methods, method_options)  # before the model loads: a typo fails fast
+    metric_registry.check_names(metrics)
     out = Path(out_dir)
     explained = ExplainedModel.from_pretrained(model, kind=kind, **(model_options or {})).to(resolve_device(device))
     dm = data_from_options(dataset, seed, data, labels=explained.labels)
@@ -111,16 +123,14 @@ def evaluate(
                 "data": data or {}, **({"model_options": model_options} if model_options else {})}  # fmt: skip
 
     rows, per_method = [], {}
-    for item in methods:
-        alias, _, name = item.partition("=") if "=" in item else (item, "", item)
-        opts = dict(method_options.get(alias, {}))
-        label = alias if alias != name else _method_label(name, opts)
+    for spec in specs:
+        alias, name, opts, label = spec.alias, spec.name, spec.options, spec.label
         config_key = json.dumps({**settings, "method": name, "options": opts}, sort_keys=True)
         scores_path = out / "scores" / f"{label}.jsonl"
         records_path = out / "attributions" / f"{label}.jsonl"
         done = _done_indices(scores_path, config_key)
-        probe = method_registry.get(name, **opts)
-        seeded = "seed" in inspect.signature(type(probe)).parameters
+        probe = spec.build()
+        seeded = spec.accepts("seed")
         variant = getattr(probe, "variant", "") or ""
         if alias != name:  # two runs of one method must stay distinguishable in the table
             variant = f"{variant} [{alias}]".strip()
@@ -129,11 +139,8 @@ def evaluate(
             idx = list(range(start, min(start + chunk_size, n)))
             if all(i in done for i in idx):
                 continue
-            kw = dict(opts)
-            if seeded:
-                kw["seed"] = opts.get("seed", seed) + start
             torch.manual_seed(seed + start)
-            method = method_registry.get(name, **kw)
+            method = spec.build(**({"seed": opts.get("seed", seed) + start} if seeded else {}))
             recs = method.attribute([texts[i] for i in idx], explained)
             for i, r in zip(idx, recs):
                 r.example_id = ids[i]

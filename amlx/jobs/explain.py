@@ -7,10 +7,15 @@ from pathlib import Path
 
 from amlx import methods as method_registry
 from amlx import render
-from amlx.models.explained import ExplainedModel, resolve_device
+from amlx.errors import UserError
+from amlx.models.explained import EmptyTextError, ExplainedModel, resolve_device
 from amlx.records import Attribution, save_jsonl
 
 log = logging.getLogger(__name__)
+
+
+class TextSourceError(UserError, ValueError):
+    """No source of texts, more than one, or a text file that is missing or holds no text."""
 
 
 def load_texts(
@@ -18,17 +23,27 @@ def load_texts(
     data: dict | None = None,
 ) -> tuple[list[str], list[str], list[int | None]]:
     """(texts, example ids, gold labels or None) from exactly one source: a list, a text file, or a dataset split."""
-    given = [name for name, v in (("texts", texts), ("file", file), ("dataset", dataset)) if v]
+    given = [name for name, v in (("texts", texts), ("file", file), ("dataset", dataset)) if v is not None]
     if len(given) != 1:
-        raise ValueError(
+        raise TextSourceError(
             f"give exactly one source of texts (texts=[...], file=PATH with one text per line, or dataset=NAME); "
             f"got {given or 'none'}"
         )
-    if texts:
-        return list(texts), [str(i) for i in range(len(texts))], [None] * len(texts)
-    if file:
+    if texts is not None:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise TextSourceError("texts is an empty list; give at least one text (--texts \"A great film\")")
+        for i, t in enumerate(texts):
+            if not t.strip():
+                raise EmptyTextError(f"text {i} of texts is empty or whitespace only ({t!r}); remove it or give a text")
+        return texts, [str(i) for i in range(len(texts))], [None] * len(texts)
+    if file is not None:
+        if not Path(file).is_file():
+            raise TextSourceError(f"text file {file} does not exist; give a UTF-8 file with one text per line")
         lines = [line.strip() for line in Path(file).read_text(encoding="utf-8").splitlines()]
         kept = [(i, t) for i, t in enumerate(lines, 1) if t]
+        if not kept:
+            raise TextSourceError(f"text file {file} holds no text (only blank lines); give one text per line")
         return [t for _, t in kept], [f"{file}:{i}" for i, _ in kept], [None] * len(kept)
     from amlx.data import data_from_options
 
@@ -47,6 +62,8 @@ def explain(
     n: int = 10,
     seed: int = 0,
     method_options: dict[str, dict] | None = None,
+    target: int | str | None = None,
+    model_options: dict | None = None,
     out_dir: str = "outputs/explain",
     html: bool = True,
     terminal: bool = True,
@@ -58,7 +75,8 @@ def explain(
 
     Args:
         model: explained model (``amlx:`` name, local folder or hub name), loaded by ``ExplainedModel.from_pretrained``.
-        methods: registered method names (``amlx.methods.names()``), run in this order.
+        methods: registered method names (``amlx.methods.names()``), run in this order; ``alias=name`` runs one
+            method twice with different options (keyed by the alias).
         texts: texts to explain (give exactly one of texts, file and dataset).
         file: a UTF-8 text file with one text per line (blank lines skipped).
         dataset: a dataset name; the first ``n`` rows of ``split`` of
@@ -66,7 +84,10 @@ def explain(
         split: dataset split (train | val | test).
         n: number of dataset rows.
         seed: the data module's split seed.
-        method_options: per method name, keyword options for its constructor, e.g. ``{"lime": {"n_samples": 500}}``.
+        method_options: per method name, keyword options for its constructor, e.g. ``{"lime": {"n_samples": 500}}``
+            (checked against the constructor before the model loads).
+        target: the class to explain (label name or index) for every text; default: each text's predicted class.
+        model_options: further ``ExplainedModel.from_pretrained`` options (``mask``, ``dtype``, ...).
         out_dir: folder for ``attributions.jsonl`` and ``attributions.html``.
         html: write the HTML page.
         terminal: print the coloured terminal view.
@@ -75,20 +96,17 @@ def explain(
         data: further ``TextClassificationData`` options for ``dataset`` (e.g. ``{val_size: 500, test_size: 2000}``:
             the splits the explained classifier was trained on).
     """
-    method_options = method_options or {}
-    unknown = sorted(set(method_options) - set(methods))
-    if unknown:
-        raise ValueError(f"method_options for {unknown}, which are not in methods={methods}")
-    explained = ExplainedModel.from_pretrained(model, kind=kind).to(resolve_device(device))
+    specs = method_registry.parse_methods(methods, method_options)  # before the model loads: a typo fails fast
     batch, ids, labels = load_texts(texts, file, dataset, split, n, seed, data)
+    explained = ExplainedModel.from_pretrained(model, kind=kind, **(model_options or {})).to(resolve_device(device))
     enc = explained.encode(batch)
     records: list[Attribution] = []
-    for name in methods:
-        recs = method_registry.get(name, **method_options.get(name, {})).attribute(enc, explained)
+    for spec in specs:
+        recs = spec.build().attribute(enc, explained, target=target)
         for r, example_id, label in zip(recs, ids, labels):
             r.example_id = example_id
             r.meta.update(model=model, **({"label": label} if label is not None else {}))
-        log.info("%s: %.3f s per example", name, sum(r.seconds for r in recs) / len(recs))
+        log.info("%s: %.3f s per example", spec.alias, sum(r.seconds for r in recs) / len(recs))
         records += recs
     out = Path(out_dir)
     save_jsonl(records, out / "attributions.jsonl")

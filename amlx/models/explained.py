@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from amlx import assets
+from amlx.errors import UserError
 from amlx.words import token_word_ids, word_spans
 
 log = logging.getLogger(__name__)
@@ -49,15 +50,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-class EmptyTextError(ValueError):
+class EmptyTextError(UserError, ValueError):
     """An input text is empty or whitespace only."""
 
 
-class UnknownLabelError(ValueError):
+class UnknownLabelError(UserError, ValueError):
     """A label is not in the explained model's label set."""
 
 
-class MaskTokenError(ValueError):
+class MaskTokenError(UserError, ValueError):
     """The tokenizer has no token for the requested mask strategy."""
 
 
