@@ -32,6 +32,9 @@ class AttributionMethod:
     # True for methods whose scores of an example do not depend on the rest of its internal batch: examples are
     # then batched in order of length (less padding in every pass); records still come back in input order
     sort_by_length: ClassVar[bool] = False
+    # the class whose constructor takes the ``**options`` of this one's (MaRC's optimizer settings), so a job's
+    # method_options are checked against both (amlx.methods.specs)
+    options_to: ClassVar[type | None] = None
 
     def __init__(self, internal_batch_size: int = 16) -> None:
         if internal_batch_size < 1:

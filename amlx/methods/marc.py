@@ -68,6 +68,7 @@ class MaRCMethod(AttributionMethod):
     """
 
     sort_by_length = True  # an instance's mask does not depend on its batch (see amlx/attributors/marc.py)
+    options_to = MaRC
 
     def __init__(
         self,

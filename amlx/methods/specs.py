@@ -45,19 +45,39 @@ class MethodSpec:
 
     def accepts(self, option: str) -> bool:
         """Whether the method's constructor takes ``option`` (e.g. ``seed``)."""
-        return option in constructor_options(self.cls)
+        options = constructor_options(self.cls)
+        return options is None or option in options
 
     def build(self, **overrides) -> AttributionMethod:
         """The configured method; ``overrides`` replace options (a job's per-chunk ``seed``)."""
         return self.cls(**{**self.options, **overrides})
 
 
-def constructor_options(cls: type) -> dict[str, inspect.Parameter]:
-    """The keyword options of ``cls``'s constructor, by name."""
-    return {
-        n: p for n, p in inspect.signature(cls).parameters.items()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }  # fmt: skip
+def constructor_options(cls: type) -> dict[str, inspect.Parameter] | None:
+    """The keyword options of ``cls``'s constructor by name, with those of ``cls.options_to`` when it forwards
+    ``**options`` there; None when it takes any keyword (names cannot be checked)."""
+    params = inspect.signature(cls).parameters
+    out = {n: p for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        target = getattr(cls, "options_to", None)
+        more = constructor_options(target) if target is not None else None
+        if more is None:
+            return None
+        out = {**more, **out}
+    return out
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    """Resolved annotations of the constructor (and of ``options_to``'s); empty when they cannot be resolved here."""
+    hints: dict[str, Any] = {}
+    for c in (getattr(cls, "options_to", None), cls):
+        if c is None:
+            continue
+        try:
+            hints.update(typing.get_type_hints(c.__init__))
+        except Exception:  # an annotation naming a type imported only for type checkers: check names only
+            pass
+    return hints
 
 
 def _suggest(word: str, valid: list[str]) -> str:
@@ -89,17 +109,14 @@ def _plain_type_ok(value: Any, hint: Any) -> bool:
 def check_options(name: str, cls: type, options: dict[str, Any], where: str) -> None:
     """Refuse options ``cls``'s constructor does not take, or values of the wrong plain type (``where``: for the message)."""
     params = constructor_options(cls)
-    valid = sorted(params)
+    valid = sorted(params or ())
     for key in options:
-        if key not in params:
+        if params is not None and key not in params:
             raise MethodSpecError(
                 f"method {name!r} has no option {key!r} ({where}){_suggest(key, valid)}; "
                 f"its options are: {', '.join(valid)}"
             )
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # an annotation that cannot be resolved here: check names only
-        hints = {}
+    hints = _type_hints(cls)
     for key, value in options.items():
         if key in hints and not _plain_type_ok(value, hints[key]):
             hint = str(hints[key]).replace("typing.", "")
