@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/install_postgres.sh  # the tuning workers' PostgreSQL test (tests/test_tune.py)
 .venv/bin/python -m amlx.assets fetch amlx:minilm
 exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "$@"
