@@ -7,7 +7,9 @@ Start several ``run`` workers on one storage to tune in parallel; see docs/tunin
 
 from jsonargparse import CLI
 
+from amlx.cli import wandb_offline_without_key
 from amlx.tuning import Tuner
 
 if __name__ == "__main__":
+    wandb_offline_without_key()  # the trials' WandbLogger: offline unless a W&B key is configured
     CLI(Tuner, as_positional=False)

@@ -21,10 +21,12 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from amlx.errors import UserError
+
 PREFIX = "amlx:"
 
 
-class AssetMissingError(FileNotFoundError):
+class AssetMissingError(UserError, FileNotFoundError):
     """An ``amlx:`` asset is not in the cache; the message names the command that fetches or builds it."""
 
 

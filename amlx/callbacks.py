@@ -7,15 +7,10 @@ follows ``amlx.metrics.direction`` (``max`` for higher-is-better), so a YAML nam
 
 DDP: every rank scores its own share of the texts (rank r takes texts r, r + world, ...); the sums and counts
 are all-reduced, so each rank logs the same exact mean and checkpointing / early stopping agree on all ranks.
-
-Importing this module sets ``WANDB_MODE=offline`` when neither ``WANDB_MODE`` nor a W&B API key (env
-``WANDB_API_KEY`` or ``~/.netrc``) is present, so the configs' ``WandbLogger`` never waits for the network.
 """
 
 from __future__ import annotations
 
-import netrc
-import os
 import shutil
 
 import lightning as L
@@ -27,21 +22,6 @@ from lightning.pytorch.utilities import rank_zero_info
 from amlx import metrics as metric_registry
 from amlx.attributors.aml import checkpoint_path
 from amlx.evaluation import Evaluator
-
-
-def wandb_offline_without_key() -> None:
-    """Default ``WANDB_MODE=offline`` unless a mode is set or an API key is configured (env or ``~/.netrc``)."""
-    if "WANDB_MODE" in os.environ or os.environ.get("WANDB_API_KEY"):
-        return
-    try:
-        logged_in = netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        logged_in = False
-    if not logged_in:
-        os.environ["WANDB_MODE"] = "offline"
-
-
-wandb_offline_without_key()
 
 
 def monitor(metric: str) -> tuple[str, str]:

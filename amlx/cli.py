@@ -1,9 +1,29 @@
-"""``train.py``'s LightningCLI: every run is a YAML under ``configs/`` (``--print_config`` reproduces it)."""
+"""``train.py``'s LightningCLI: every run is a YAML under ``configs/`` (``--print_config`` reproduces it).
+
+The entry points (``train.py`` through ``main``, ``tune.py``) apply amlx's W&B policy before anything logs:
+``WANDB_MODE=offline`` when neither ``WANDB_MODE`` nor a W&B API key (env ``WANDB_API_KEY`` or ``~/.netrc``) is
+present, so the configs' ``WandbLogger`` never waits for the network. Importing amlx changes no environment.
+"""
 
 from __future__ import annotations
 
+import netrc
+import os
+
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
+
+
+def wandb_offline_without_key() -> None:
+    """Default ``WANDB_MODE=offline`` unless a mode is set or an API key is configured (env or ``~/.netrc``)."""
+    if "WANDB_MODE" in os.environ or os.environ.get("WANDB_API_KEY"):
+        return
+    try:
+        logged_in = netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        logged_in = False
+    if not logged_in:
+        os.environ["WANDB_MODE"] = "offline"
 
 
 class AmlxCLI(LightningCLI):
@@ -19,6 +39,7 @@ class AmlxCLI(LightningCLI):
 
 def main(args: list[str] | dict | None = None, **cli_options) -> AmlxCLI:
     """``train.py``; ``cli_options`` go to ``LightningCLI`` (``amlx.tuning`` passes ``run=False``, ``trainer_defaults``)."""
+    wandb_offline_without_key()
     return AmlxCLI(
         L.LightningModule,
         L.LightningDataModule,

@@ -16,6 +16,8 @@ import torch
 import yaml
 
 from amlx import assets
+from amlx import methods as method_registry
+from amlx import metrics as metric_registry
 from amlx.data import TextClassificationData
 from amlx.evaluation import DEFAULT_METRICS
 from amlx.models import ExplainedModel, resolve_device
@@ -66,6 +68,12 @@ def main(
     """
     from amlx.attributors.aml import checkpoint_path
 
+    defaults = {"paml": {"checkpoint": attributor}, "faml": {"checkpoint": attributor, "steps": 10,
+                "selection": "loss"}}  # fmt: skip
+    aliases = {m.partition("=")[0] for m in methods}
+    options = {**{k: v for k, v in defaults.items() if k in aliases}, **(method_options or {})}
+    method_registry.parse_methods(methods, options)  # a typo fails now, not after fine-tuning
+    metric_registry.check_names(metrics)
     t0 = time.perf_counter()
     stages: dict[str, float] = {}  # stage → wall seconds
     lap = [t0]
@@ -108,9 +116,6 @@ def main(
     from amlx.jobs.evaluate import evaluate
     from amlx.report import report
 
-    options = {"paml": {"checkpoint": attributor}, "faml": {"checkpoint": attributor, "steps": 10,
-               "selection": "loss"}}  # fmt: skip
-    options.update(method_options or {})
     dm_args = yaml.safe_load(Path(classifier_config).read_text())["data"].get("init_args", {})
     data = {k: v for k, v in dm_args.items() if k in ("val_size", "test_size")}
     print(f"[amlx] faithfulness on the first {n_eval} test examples (resumable; {out_dir}/evaluate)", flush=True)

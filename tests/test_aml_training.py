@@ -25,8 +25,8 @@ from amlx.callbacks import (
     MetricEarlyStopping,
     MetricValidation,
     monitor,
-    wandb_offline_without_key,
 )
+from amlx.cli import wandb_offline_without_key
 from amlx.data import TextClassificationData
 from amlx.evaluation import Evaluator
 from amlx.models import ExplainedModel

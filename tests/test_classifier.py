@@ -55,9 +55,10 @@ def test_fine_tuned_classifier_learns_exports_and_reloads_with_identical_probabi
     base = _saved_base(tmp_path, arch, kind)
     export = tmp_path / "export"
     module = ClassifierModule(model=base, kind=kind, lr=lr, warmup_ratio=0.0, lora=lora, export_to=str(export))
-    _fit(module, separable_csv, steps=40)
-    assert module._test_seen == 12
-    assert module._test_correct / module._test_seen >= 0.9  # the word decides the label: it must be learned
+    trainer = _fit(module, separable_csv, steps=40)
+    acc, n = module.test_result
+    assert n == 12 and acc >= 0.9  # the word decides the label: it must be learned
+    assert float(trainer.callback_metrics["test/acc"]) == pytest.approx(acc)
 
     texts = ["a good movie", "bad plot and bad acting", "really good"]
     module.net.eval()

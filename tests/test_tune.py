@@ -2,6 +2,9 @@
 
 Trials fit the real pAML config (configs/aml/paml_minilm_movies.yaml) on the tiny models of
 tests/test_aml_training.py; worker tests start real ``tune.py`` processes on one SQLite or journal storage.
+The PostgreSQL test needs a PostgreSQL server (tests/postgres.py starts a throwaway one; CI installs it with
+scripts/install_postgres.sh): it fails under ``CI=true`` when the server or the driver is missing, and is skipped
+elsewhere. Its workers run ``tests/tune_fake.py``: the real ``Tuner`` with a fraction-of-a-second fit.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from optuna.trial import TrialState
 
 from amlx.tuning import OptunaPruning, TrialSeededTPE, Tuner, direction, make_storage, open_study
 from amlx.tuning.config import apply, get_path, load_yaml, set_path
+from tests import postgres
 from tests.test_aml_training import save_tiny_assets
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,13 +74,15 @@ def tune_options(tmp: Path, fit_config: Path, **kw) -> dict:
     return {**opts, **kw}
 
 
-def worker(tmp: Path, config: Path, hang: Path | None = None) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+def worker(tmp: Path, config: Path, hang: Path | None = None, entry: tuple[str, ...] = (str(ROOT / "tune.py"),),
+           **env_vars: str) -> subprocess.Popen:  # fmt: skip
+    """A ``tune.py ... run`` worker process (``entry``: another tuning CLI, e.g. ``("-m", "tests.tune_fake")``)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", **env_vars}
     env.pop("AMLX_TEST_HANG", None)
     if hang:
         env["AMLX_TEST_HANG"] = str(hang)
     log = open(tmp / f"worker-{time.monotonic_ns()}.log", "w")
-    return subprocess.Popen([sys.executable, str(ROOT / "tune.py"), "--config", str(config), "run"], cwd=tmp, env=env,
+    return subprocess.Popen([sys.executable, *entry, "--config", str(config), "run"], cwd=tmp, env=env,
                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
 
 
@@ -119,6 +125,60 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_fails_and_is_repla
     for t in finished:  # each trial was fitted once, by one worker, with its own parameters
         logged = load_yaml(tmp_path / "runs" / "tiny-comp" / f"trial_{t.number:04d}" / "config.yaml")
         assert {k: logged["model"]["init_args"][k] for k in LAMBDAS} == t.params
+    assert (tmp_path / "best.yaml").is_file()
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throwaway PostgreSQL server's URL; it is required under CI=true (fail), optional elsewhere (skip)."""
+    why = postgres.missing()
+    if why:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    with postgres.server() as url:
+        yield url
+
+
+def test_four_workers_on_one_postgresql_study_with_one_killed_mid_trial(postgres_url, tmp_path):
+    """Needs PostgreSQL. Exactly n_trials complete, the killed trial ends FAIL, no trial number or parameters twice."""
+    n = 8
+    opts = tune_options(tmp_path, PAML, storage=postgres_url, study_name="pg-comp", n_trials=n, best_overrides={})
+    config = tmp_path / "tune.yaml"
+    config.write_text(yaml.safe_dump(opts))
+    fake, fit_s = ("-m", "tests.tune_fake"), "1"
+    hang, fits = tmp_path / "hanging-trial", tmp_path / "runs" / "pg-comp" / "fits.log"
+    a = worker(tmp_path, config, hang=hang, entry=fake, AMLX_TEST_FIT_S=fit_s)
+    others: list[subprocess.Popen] = []
+    try:
+        wait_for(hang.exists, 300, "worker A to start a trial")  # A created the study and its schema
+        others = [worker(tmp_path, config, entry=fake, AMLX_TEST_FIT_S=fit_s) for _ in range(3)]
+        wait_for(lambda: len(fits.read_text().splitlines()) >= 3, 300, "two more workers to start trials")
+        a.send_signal(signal.SIGKILL)  # mid-trial: RUNNING in the database, its process and connections gone
+        a.wait()
+        a = worker(tmp_path, config, entry=fake, AMLX_TEST_FIT_S=fit_s)  # restarted, without the hang
+        codes = [p.wait(timeout=300) for p in (a, *others)]
+        assert codes == [0, 0, 0, 0], sorted(tmp_path.glob("worker-*.log"))
+    finally:
+        for p in (a, *others):
+            if p.poll() is None:
+                p.kill()
+    study = optuna.load_study(study_name="pg-comp", storage=make_storage(postgres_url, heartbeat_interval=None))
+    trials = study.get_trials()
+    killed = int(hang.read_text())
+    states = {t.number: t.state for t in trials}
+    assert states[killed] == TrialState.FAIL  # its heartbeat stopped: declared stale, not left RUNNING
+    assert sum(s == TrialState.COMPLETE for s in states.values()) == n
+    failed = [t for t in trials if t.state == TrialState.FAIL and t.number != killed]
+    assert all(t.user_attrs.get("surplus") and not t.params for t in failed)  # only races lost, never fitted
+    assert set(states.values()) <= {TrialState.COMPLETE, TrialState.FAIL}
+    assert sorted(states) == list(range(len(trials)))  # unique, consecutive trial numbers
+    sampled = [tuple(t.params[k] for k in LAMBDAS) for t in trials if t.params]
+    assert len(set(sampled)) == len(sampled) == n + 1  # the n completed and the killed one, all different
+    fitted = [line.split(" ", 1) for line in fits.read_text().splitlines()]
+    assert sorted(int(num) for num, _ in fitted) == sorted(t.number for t in trials if t.params)
+    for num, params in fitted:  # each trial fitted once, by one worker, with its own parameters
+        assert yaml.safe_load(params) == study.trials[int(num)].params
     assert (tmp_path / "best.yaml").is_file()
 
 

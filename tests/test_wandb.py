@@ -13,7 +13,7 @@ import optuna
 import pytest
 import wandb
 
-from amlx.callbacks import wandb_offline_without_key
+from amlx.cli import wandb_offline_without_key
 from amlx.tuning import Tuner, offline_runs, read_run
 from tests.test_aml_training import save_tiny_assets
 from tests.test_tune import tiny_fit_config, tune_options
@@ -32,6 +32,20 @@ def offline_wandb(monkeypatch, tmp_path):
     wandb.teardown()  # a W&B service that an earlier test started in this process has another environment
     yield
     wandb.teardown()
+
+
+def test_importing_amlx_sets_no_wandb_mode_and_the_train_entry_point_does(monkeypatch):
+    import importlib
+
+    import amlx.callbacks
+    import amlx.cli
+
+    monkeypatch.delenv("WANDB_MODE")
+    importlib.reload(amlx.callbacks)  # what `import amlx.callbacks` runs
+    assert "WANDB_MODE" not in os.environ
+    monkeypatch.setattr(amlx.cli, "AmlxCLI", lambda *args, **kwargs: None)  # train.py's main, without a fit
+    amlx.cli.main([])
+    assert os.environ["WANDB_MODE"] == "offline"
 
 
 def test_an_offline_run_reads_back_with_its_config_history_summary_and_exit_code(tmp_path):

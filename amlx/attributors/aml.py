@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from amlx import assets
 from amlx.align import REDUCTIONS, align_scores
 from amlx.attributors.teacher import TEACHER_LOSSES, TeacherBatch, check_teacher, teacher_loss
+from amlx.errors import UserError
 from amlx.models.explained import Encoded, ExplainedModel
 
 SPARSITY = ("bce", "l1")
@@ -34,7 +35,7 @@ CHECKPOINT_DIR = "attributors"  # amlx:<name> → <amlx cache>/attributors/<name
 EPS = 1e-6  # keeps log(1 − a) finite when the sigmoid saturates
 
 
-class ExplainedMismatchError(ValueError):
+class ExplainedMismatchError(UserError, ValueError):
     """An AML checkpoint is loaded against an explained model or tokenizer it was not trained for."""
 
 
@@ -513,7 +514,7 @@ def resolve_checkpoint(name: str) -> str:
     """An existing checkpoint file for ``name`` (path or ``amlx:`` name); the error says how to make it."""
     path = checkpoint_path(str(name))
     if not path.is_file():
-        raise FileNotFoundError(
+        raise assets.AssetMissingError(
             f"no AML attributor checkpoint at {path} (from {name!r}); train one with "
             "`python train.py fit --config configs/aml/paml_minilm_movies.yaml` (its MetricCheckpoint exports the "
             "best checkpoint to amlx:<name>), or pass the path of a .ckpt written by train.py"

@@ -13,6 +13,7 @@ from pathlib import Path
 import datasets
 
 from amlx import assets
+from amlx.errors import UserError
 
 log = logging.getLogger(__name__)
 datasets.disable_progress_bars()
@@ -23,7 +24,7 @@ SCORED = {"amlx:movies", "amlx:tweets", "amlx:amazon", "amlx:nyt", "amlx:movies-
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document")
 
 
-class DatasetLabelError(ValueError):
+class DatasetLabelError(UserError, ValueError):
     """A label in the data is not in the configured label set."""
 
 

@@ -28,13 +28,27 @@ import torch
 from amlx import methods as method_registry
 from amlx import metrics as metric_registry
 from amlx.data import data_from_options
+from amlx.errors import UserError
 from amlx.evaluation import DEFAULT_METRICS, Evaluator
-from amlx.methods.base import method_label
 from amlx.methods.ensemble import Ensemble
 from amlx.models import ExplainedModel, resolve_device
 from amlx.progress import Progress
 from amlx.records import Attribution, load_jsonl, save_jsonl
 from amlx.results import write_results
+
+
+class ResumeMismatchError(UserError, ValueError):
+    """``out_dir`` holds scores of a different evaluation configuration than the one asked for."""
+
+
+def _changed_settings(old_key: str | None, new_key: str) -> str:
+    """The settings that differ between two configuration keys (JSON), for the message."""
+    try:
+        old, new = json.loads(old_key or "{}"), json.loads(new_key)
+    except json.JSONDecodeError:
+        return "its configuration"
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    return ", ".join(changed) or "its configuration"
 
 
 def _done_indices(scores_path: Path, config_key: str) -> dict[int, dict]:
@@ -48,9 +62,10 @@ def _done_indices(scores_path: Path, config_key: str) -> dict[int, dict]:
                 continue
             row = json.loads(line)
             if row.get("config") != config_key:
-                raise ValueError(
-                    f"{scores_path} was written by a different evaluation configuration; use another out_dir "
-                    "or delete it to start over"
+                raise ResumeMismatchError(
+                    f"{scores_path} was written by a different evaluation configuration (changed: "
+                    f"{_changed_settings(row.get('config'), config_key)}); resume with the same configuration, "
+                    "use another out_dir, or delete it to start over"
                 )
             done[row["index"]] = row
     return done
@@ -99,7 +114,8 @@ def evaluate(
     splits the default classifier was trained on. ``device``: ``auto`` (a CUDA GPU when one is visible, else the
     CPU), ``cpu``, ``cuda`` or ``cuda:N``: the explained model, the methods and the metrics' forward passes run there.
     """
-    method_options = method_options or {}
+    specs = method_registry.parse_methods(methods, method_options)  # before the model loads: a typo fails fast
+    metric_registry.check_names(metrics)
     out = Path(out_dir)
     explained = ExplainedModel.from_pretrained(model, kind=kind, **(model_options or {})).to(resolve_device(device))
     dm = data_from_options(dataset, seed, data, labels=explained.labels)
@@ -127,11 +143,7 @@ def evaluate(
         torch.manual_seed(seed + start)
         return method_registry.get(name, **kw).attribute([texts[i] for i in idx], explained)
 
-    items = []  # (alias, name, options, label) in the order of ``methods``
-    for item in methods:
-        alias, _, name = item.partition("=") if "=" in item else (item, "", item)
-        opts = dict(method_options.get(alias, {}))
-        items.append((alias, name, opts, alias if alias != name else method_label(name, opts)))
+    items = [(s.alias, s.name, s.options, s.label) for s in specs]  # in the order of ``methods``
     evaluated = {(name, json.dumps(opts, sort_keys=True)): label for _, name, opts, label in items if name != "ensemble"}
     member_cache: dict[str, dict[str, Attribution]] = {}  # label → example id → record, read once per run
 

@@ -19,5 +19,7 @@ import amlx.methods.sig  # noqa: F401  (registration on import)
 import amlx.methods.solvex  # noqa: F401  (registration on import)
 from amlx.methods import aml, gradient, random  # noqa: E402, F401  (registration on import)
 from amlx.methods.base import AttributionMethod, get, names, register_method, resolve_targets
+from amlx.methods.specs import MethodSpec, MethodSpecError, parse_methods
 
-__all__ = ["AttributionMethod", "get", "names", "register_method", "resolve_targets"]
+__all__ = ["AttributionMethod", "MethodSpec", "MethodSpecError", "get", "names", "parse_methods", "register_method",
+           "resolve_targets"]

@@ -37,6 +37,9 @@ class AttributionMethod:
     sort_by_length: ClassVar[bool] = False
     # True for methods that optimize per instance (fAML, MaRC): ``attribute`` shows progress over the examples
     show_progress: ClassVar[bool] = False
+    # the class whose constructor takes the ``**options`` of this one's (MaRC's optimizer settings), so a job's
+    # method_options are checked against both (amlx.methods.specs)
+    options_to: ClassVar[type | None] = None
 
     def __init__(self, internal_batch_size: int = 16) -> None:
         if internal_batch_size < 1:

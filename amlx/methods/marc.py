@@ -69,6 +69,7 @@ class MaRCMethod(AttributionMethod):
 
     sort_by_length = True  # an instance's mask does not depend on its batch (see amlx/attributors/marc.py)
     show_progress = True
+    options_to = MaRC
 
     def __init__(
         self,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from amlx.errors import UserError
 from amlx.records import Attribution
 
 DIRECTIONS = ("higher", "lower")
@@ -41,6 +42,10 @@ class Metric:
         return f"{type(self).__name__}({opts})"
 
 
+class UnknownMetricError(UserError, KeyError):
+    """A metric name that is not registered."""
+
+
 def register_metric(cls: type[Metric]) -> type[Metric]:
     """Class decorator: make ``cls`` available as ``get(cls.name)``."""
     if cls.direction not in DIRECTIONS:
@@ -53,9 +58,15 @@ def register_metric(cls: type[Metric]) -> type[Metric]:
 
 def get(name: str, **options) -> Metric:
     """A configured metric by registered name; ``options`` go to its constructor."""
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown metric {name!r}; registered metrics: {', '.join(names())}")
+    check_names([name])
     return _REGISTRY[name](**options)
+
+
+def check_names(metrics) -> None:
+    """Refuse the first metric name (of names or ``Metric`` instances) that is not registered."""
+    for name in metrics:
+        if isinstance(name, str) and name not in _REGISTRY:
+            raise UnknownMetricError(f"unknown metric {name!r}; registered metrics: {', '.join(names())}")
 
 
 def names() -> list[str]:

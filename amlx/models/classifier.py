@@ -3,7 +3,8 @@
 The network is an ``ExplainedModel`` in trainable mode, so training reads predictions exactly where
 explanation will (last real token for decoders). After fitting, the model is exported with
 ``save_pretrained`` to ``export_to`` (an ``amlx:<name>`` in the cache or a folder); after testing, the test
-accuracy and a reload check are written to ``benchmarks/results/<results_name>.json``.
+accuracy and a reload check are written to ``benchmarks/results/<results_name>.json``. Test accuracy is a
+``torchmetrics`` metric, so under DDP it counts every rank's examples (each rank computes the same value).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 import lightning as L
 import torch
 from torch.nn import functional as F
+from torchmetrics import SumMetric
+from torchmetrics.classification import MulticlassAccuracy
 
 from amlx import assets
 from amlx.data.sources import SENTIMENT_LABELS
@@ -50,8 +53,10 @@ class ClassifierModule(L.LightningModule):
         if kind not in ("encoder", "decoder"):
             raise ValueError("ClassifierModule trains encoder or decoder classifiers; prompted LMs are used as-is")
         self.net = self._build()
-        self._test_correct = 0
-        self._test_seen = 0
+        # synced over DDP ranks when computed: every rank's test examples count once
+        self.test_accuracy = MulticlassAccuracy(num_classes=len(labels), average="micro")
+        self.test_examples = SumMetric()
+        self.test_result: tuple[float, int] | None = None  # (accuracy, examples) of the last test
 
     def _build(self) -> ExplainedModel:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -96,14 +101,19 @@ class ClassifierModule(L.LightningModule):
         self.log("val/acc", acc, prog_bar=True, batch_size=n, sync_dist=True)
 
     def on_test_epoch_start(self) -> None:
-        self._test_correct, self._test_seen = 0, 0
+        self.test_accuracy.reset()
+        self.test_examples.reset()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         _, logits = self._step(batch)
-        correct = (logits.argmax(-1) == batch["label"]).sum()
-        self._test_correct += int(correct)
-        self._test_seen += len(batch["text"])
-        self.log("test/acc", correct.float() / len(batch["text"]), batch_size=len(batch["text"]), sync_dist=True)
+        self.test_accuracy.update(logits.argmax(-1), batch["label"])
+        self.test_examples.update(len(batch["text"]))
+
+    def on_test_epoch_end(self) -> None:
+        n = int(self.test_examples.compute())  # compute() all-gathers the ranks' states (DDP)
+        acc = float(self.test_accuracy.compute()) if n else float("nan")
+        self.test_result = (acc, n)
+        self.log("test/acc", acc, sync_dist=True)  # the same value on every rank
 
     def configure_optimizers(self):
         from transformers import get_linear_schedule_with_warmup
@@ -131,21 +141,21 @@ class ClassifierModule(L.LightningModule):
         log.info("exported the fine-tuned classifier to %s", out)
 
     def on_test_end(self) -> None:
-        if not self.trainer.is_global_zero or self._test_seen == 0:
+        if not self.trainer.is_global_zero or not self.test_result or not self.test_result[1]:
             return
-        acc = self._test_correct / self._test_seen
-        print(f"test accuracy: {acc:.4f} on {self._test_seen} examples", flush=True)
+        acc, n = self.test_result
+        print(f"test accuracy: {acc:.4f} on {n} examples", flush=True)
         if not self.hparams.results_name:
             return
         reload_diff = self._reload_check()
         dm = self.trainer.datamodule
         hp = self.hparams
         variant = "lora" if hp.lora is not None else "full"
-        ci = 1.96 * math.sqrt(acc * (1 - acc) / self._test_seen)
+        ci = 1.96 * math.sqrt(acc * (1 - acc) / n)
         row = {"method": hp.results_name, "variant": variant, "metric": "accuracy", "mean": round(acc, 5),
-               "ci95": round(ci, 5), "n": self._test_seen}
+               "ci95": round(ci, 5), "n": n}
         setup = {"explained_model": hp.model, "kind": hp.kind, "dataset": getattr(dm.hparams, "dataset", ""),
-                 "split": "test", "n_examples": self._test_seen, "max_length": hp.max_length, "lr": hp.lr,
+                 "split": "test", "n_examples": n, "max_length": hp.max_length, "lr": hp.lr,
                  "epochs": self.trainer.current_epoch, "global_steps": self.trainer.global_step,
                  "lora": hp.lora, "seed": hp.seed, "export_to": hp.export_to}
         notes = "Reloaded with ExplainedModel.from_pretrained (save_pretrained folder): " + (

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from amlx import assets
+from amlx.errors import UserError
 from amlx.words import token_word_ids, word_spans
 
 log = logging.getLogger(__name__)
@@ -49,16 +50,36 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-class EmptyTextError(ValueError):
+class EmptyTextError(UserError, ValueError):
     """An input text is empty or whitespace only."""
 
 
-class UnknownLabelError(ValueError):
+class UnknownLabelError(UserError, ValueError):
     """A label is not in the explained model's label set."""
 
 
-class MaskTokenError(ValueError):
+class MaskTokenError(UserError, ValueError):
     """The tokenizer has no token for the requested mask strategy."""
+
+
+class DtypeError(UserError, ValueError):
+    """A ``dtype`` model option that is not a floating-point torch dtype."""
+
+
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A torch dtype from itself or a name (``bfloat16``, ``torch.bfloat16``, ``bf16``; see ``DTYPES``)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    name = DTYPE_ALIASES.get(name, name)
+    if name not in DTYPES:
+        raise DtypeError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)} (or {', '.join(DTYPE_ALIASES)}); "
+                         "set model_options: {dtype: bfloat16}, for example")  # fmt: skip
+    return getattr(torch, name)
 
 
 @dataclass
@@ -128,6 +149,7 @@ class ExplainedModel(nn.Module):
         name: str = "",
     ) -> None:
         super().__init__()
+        self.gradient_checkpointing = False  # enable_gradient_checkpointing()
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         self.kind = kind
@@ -187,11 +209,17 @@ class ExplainedModel(nn.Module):
         verbalizers: list[str] | None = None,
         max_length: int | None = None,
         num_labels: int | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = torch.float32,
         attn_implementation: str | None = None,
         trainable: bool = False,
+        gradient_checkpointing: bool = False,
     ) -> ExplainedModel:
-        """Load by hub name, local folder or ``amlx:`` name; a folder holding a peft adapter is merged in."""
+        """Load by hub name, local folder or ``amlx:`` name; a folder holding a peft adapter is merged in.
+
+        ``dtype``: the weights' dtype (``bfloat16`` halves a 7B model's memory; probabilities are still returned
+        in float32). ``gradient_checkpointing``: recompute each layer's activations in the backward pass instead
+        of keeping them (``enable_gradient_checkpointing``), for methods that back-propagate through the model.
+        """
         from transformers import (
             AutoConfig,
             AutoModelForCausalLM,
@@ -199,6 +227,7 @@ class ExplainedModel(nn.Module):
             AutoTokenizer,
         )
 
+        dtype = resolve_dtype(dtype)  # a wrong name fails before anything loads
         path = assets.resolve(name)
         meta = _read_meta(path)
         kind = meta.get("kind", kind) if kind == "auto" else kind
@@ -236,7 +265,7 @@ class ExplainedModel(nn.Module):
             model = PeftModel.from_pretrained(model, path)
             if not trainable:
                 model = model.merge_and_unload()
-        return cls(
+        explained = cls(
             model,
             tokenizer,
             kind,
@@ -248,6 +277,37 @@ class ExplainedModel(nn.Module):
             trainable=trainable,
             name=name,
         )
+        if gradient_checkpointing:
+            explained.enable_gradient_checkpointing()
+        return explained
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each transformer layer in the backward pass (HF's gradient checkpointing), frozen or not.
+
+        HF checkpoints a layer only while the layer is in training mode; a frozen explained model stays in eval
+        mode, so only the checkpointed layers' own ``training`` flag is raised — their submodules (dropout,
+        attention) stay in eval mode and every output is unchanged. ``train`` / ``eval`` keep it that way.
+        """
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.hf, "activation_checkpointing_enable"):  # the newer name; gradient_checkpointing_enable is deprecated
+            self.hf.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        self.gradient_checkpointing = True
+        self._raise_checkpointed_layers()
+
+    def _raise_checkpointed_layers(self) -> None:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        for module in self.hf.modules():
+            if isinstance(module, GradientCheckpointingLayer) and module.gradient_checkpointing:
+                module.training = True  # the layer's flag only (``.train()`` would recurse into dropout)
+
+    def train(self, mode: bool = True) -> ExplainedModel:
+        super().train(mode)
+        if self.gradient_checkpointing:
+            self._raise_checkpointed_layers()
+        return self
 
     def save_pretrained(self, path: str | Path) -> None:
         """Save weights (or the peft adapter), tokenizer and the amlx metadata so any tool can reload them."""
@@ -409,6 +469,11 @@ class ExplainedModel(nn.Module):
         return out, truncated
 
     # ------------------------------------------------------------------------------------------ forward
+    def _in_model_dtype(self, inputs_embeds: Tensor | None) -> Tensor | None:
+        """Embeddings mixed in float32 by a method (masks, baselines) in the weights' dtype (bf16 models)."""
+        dtype = self.embedding_layer.weight.dtype
+        return inputs_embeds if inputs_embeds is None or inputs_embeds.dtype == dtype else inputs_embeds.to(dtype)
+
     def _backbone_hidden(self, input_ids, attention_mask, inputs_embeds, **kw):
         out = self.hf.base_model(
             input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kw
@@ -426,7 +491,7 @@ class ExplainedModel(nn.Module):
             raise ValueError(
                 "per-position (intermediate) predictions need a decoder: an encoder's tokens all see each other"
             )
-        hidden = self._backbone_hidden(input_ids, attention_mask, inputs_embeds).last_hidden_state
+        hidden = self._backbone_hidden(input_ids, attention_mask, self._in_model_dtype(inputs_embeds)).last_hidden_state
         if self.kind == "decoder":
             return self.hf.score(hidden)
         head = self.hf.get_output_embeddings()
@@ -439,6 +504,7 @@ class ExplainedModel(nn.Module):
         """Class logits from ``input_ids`` or ``inputs_embeds``: [batch, classes]."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        inputs_embeds = self._in_model_dtype(inputs_embeds)
         if attention_mask is None:
             ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
             attention_mask = torch.ones(ref.shape, dtype=torch.long, device=ref.device)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -77,6 +76,9 @@ def _callbacks(config: dict) -> list[dict]:
 
 
 def _is_checkpoint(class_path: str) -> bool:
+    # imported here: a tuning worker imports Lightning for its fits only
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     module, _, name = class_path.rpartition(".")
     try:
         return issubclass(getattr(importlib.import_module(module), name), ModelCheckpoint)

@@ -11,15 +11,17 @@ from __future__ import annotations
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import optuna
 from optuna.trial import TrialState
 
 from amlx.tuning import config as cfgs
-from amlx.tuning.pruning import OptunaPruning
 from amlx.tuning.storage import is_journal, make_storage
 from amlx.tuning.study import TrialSeededTPE, direction, open_study
+
+if TYPE_CHECKING:  # Lightning is imported by the trials that fit, not by a worker that starts or waits
+    from amlx.tuning.pruning import OptunaPruning
 
 LAMBDAS = {f"model.init_args.{k}": {"low": 0.0, "high": 1.0} for k in ("lambda_p", "lambda_a", "lambda_inv")}
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -154,9 +156,7 @@ class Tuner:
         return (TrialState.RUNNING,) if self.heartbeat_interval else ()
 
     def _objective(self, trial: optuna.Trial) -> float:
-        """Fit the trial's config single-process; the objective is the best ``val/<metric>`` of the run."""
-        from amlx.cli import main
-
+        """The trial's objective (``_fit``), unless the study's budget is already taken (``SurplusTrial``)."""
         ahead = [t for t in trial.study.get_trials(deepcopy=False, states=(*DONE, *self._live()))
                  if t.number < trial.number]  # fmt: skip
         if len(ahead) >= self.n_trials:
@@ -164,18 +164,14 @@ class Tuner:
             trial.study.stop()
             raise SurplusTrial(f"trial {trial.number}: the study's {self.n_trials} trials are taken")
         params = {name: suggest(trial, name, self.search_space[path]) for path, name in self.names.items()}
+        from amlx.tuning.pruning import OptunaPruning
+
         pruning = OptunaPruning(trial, self.metric)
         state, err = TrialState.FAIL, None
         try:
-            with warnings.catch_warnings():  # LightningCLI warns when sys.argv (tune.py's) and args are both given
-                warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter")
-                cli = main(self._trial_config(trial.number, params), run=False,
-                           trainer_defaults={"callbacks": [pruning]})  # fmt: skip
-            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-            if pruning.best is None:
-                raise RuntimeError(f"trial {trial.number} ran no validation: check limit_val_batches / max_epochs")
+            value = self._fit(trial, params, pruning)
             state = TrialState.COMPLETE
-            return pruning.best
+            return value
         except optuna.TrialPruned:
             state = TrialState.PRUNED
             raise
@@ -186,6 +182,19 @@ class Tuner:
             if pruning.best_step is not None:
                 trial.set_user_attr("best_step", pruning.best_step)
             self._finish_wandb(trial.number, state, pruning, err)
+
+    def _fit(self, trial: optuna.Trial, params: dict[str, Any], pruning: OptunaPruning) -> float:
+        """Fit the trial's config single-process; the objective is the best ``val/<metric>`` of the run."""
+        from amlx.cli import main
+
+        with warnings.catch_warnings():  # LightningCLI warns when sys.argv (tune.py's) and args are both given
+            warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter")
+            cli = main(self._trial_config(trial.number, params), run=False,
+                       trainer_defaults={"callbacks": [pruning]})  # fmt: skip
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        if pruning.best is None:
+            raise RuntimeError(f"trial {trial.number} ran no validation: check limit_val_batches / max_epochs")
+        return pruning.best
 
     # ------------------------------------------------------------------------------------------ configs
     def _fit_config(self, params: dict[str, Any]) -> dict:

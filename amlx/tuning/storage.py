@@ -108,7 +108,7 @@ def make_storage(
     grace = grace_period or (2 * heartbeat_interval if heartbeat_interval else None)
     if is_journal(url):
         return HeartbeatJournalStorage(JournalFileBackend(str(path)), heartbeat_interval, grace, stale_callback)
-    from sqlalchemy.exc import IntegrityError, OperationalError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
     for attempt in range(RDB_ATTEMPTS):
@@ -122,9 +122,10 @@ def make_storage(
                     grace_period=grace if heartbeat_interval else None,
                     heartbeat_stale_trial_callback=stale_callback,
                 )
-        except (IntegrityError, OperationalError):
+        except (IntegrityError, OperationalError, ProgrammingError):
             # workers that open a new database at the same moment race to create Optuna's schema (the loser
-            # hits "UNIQUE constraint failed: alembic_version"); once one has created it, opening succeeds
+            # hits SQLite's "UNIQUE constraint failed: alembic_version", PostgreSQL's duplicate key in pg_type or
+            # "relation already exists"); once one has created it, opening succeeds
             if attempt == RDB_ATTEMPTS - 1:
                 raise
             time.sleep(0.2 + random.random())
