@@ -48,3 +48,13 @@ def test_margin_ratio_is_the_share_of_the_best_baselines_margin_over_random():
     assert math.isclose(mod.margin_ratio(-0.8, -1.0, -0.2), 0.75)  # log-odds (lower is better): same formula
     assert math.isclose(mod.margin_ratio(-1.2, -1.0, -0.2), 1.25)  # beyond the best baseline
     assert math.isnan(mod.margin_ratio(0.5, 0.1, 0.1))
+
+
+def test_val_curve_reads_every_epochs_registered_val_metrics(tmp_path):
+    mod = load_benchmark("val_curve")
+    csv = tmp_path / "metrics.csv"
+    csv.write_text("epoch,step,train/loss,val/comp,val/loss,val/suff\n0,9,1.5,,,\n0,9,,0.25,0.0,0.1\n1,19,,0.3,0.0,0.05\n")
+    rows = mod.epoch_rows(csv, "run")
+    assert [(r["variant"], r["metric"], r["mean"]) for r in rows] == [
+        ("epoch 0", "comp", 0.25), ("epoch 0", "suff", 0.1), ("epoch 1", "comp", 0.3), ("epoch 1", "suff", 0.05)
+    ]  # val/loss is not a registered metric: left out
