@@ -137,7 +137,9 @@ def test_naopc_lies_in_unit_interval_on_every_example_and_batched_equals_referen
     reference = ev.evaluate_one_by_one(short)
     batched = ev.evaluate(short)
     for name in ("naopc_comp", "naopc_suff"):
-        np.testing.assert_allclose(batched[name], reference[name], atol=1e-5)
+        # float32 padding noise of a batched pass (~1e-6 in p) is divided by U − L, which can be ~0.05: 1e-4 on NAOPC
+        np.testing.assert_allclose(batched[name], reference[name], atol=1e-4)
+    np.testing.assert_allclose(batched["aopc_comp"], reference["aopc_comp"], atol=1e-5)
 
 
 def test_bounds_are_searched_once_per_example_and_shared_by_every_method(explained):

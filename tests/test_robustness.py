@@ -52,7 +52,8 @@ def predicted(model, enc):
 def test_scores_from_embeds_at_the_real_embeddings_equal_the_methods_scores(bert, paml, name):
     method, enc = get(name, paml), bert.encode(TEXTS)
     target = predicted(bert, enc)
-    expected = method.scores(enc, bert, target)
+    probs = {"probs": bert.probs(input_ids=enc.input_ids, attention_mask=enc.attention_mask)} if method.takes_probs else {}
+    expected = method.scores(enc, bert, target, **probs)
     x = bert.embed(enc.input_ids).detach().requires_grad_(True)
     got = method.scores_from_embeds(x, enc, bert, target)
     torch.testing.assert_close(got.detach(), expected, atol=1e-5, rtol=1e-4)
