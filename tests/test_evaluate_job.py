@@ -172,3 +172,47 @@ def test_a_seeded_method_is_seeded_per_chunk_with_seed_plus_the_chunks_first_ind
         again = get("random", seed=2 + start).attribute([r.text for r in chunk], model)
         for a, b in zip(chunk, again):
             np.testing.assert_array_equal(a.scores, b.scores)
+
+
+class _FileWeighted(AttributionMethod):
+    """Scores = the float stored in ``checkpoint`` × the token position: a method whose output depends on its file."""
+
+    name = "file_weighted"
+
+    def __init__(self, checkpoint: str = "", internal_batch_size: int = 16) -> None:
+        super().__init__(internal_batch_size)
+        self.weight = float(open(checkpoint).read())
+
+    def scores(self, enc, model, target):
+        import torch
+
+        return self.weight * torch.arange(enc.input_ids.shape[1], dtype=torch.float32).expand(enc.input_ids.shape)
+
+
+@pytest.fixture
+def file_weighted():
+    from amlx.methods import base
+
+    base._REGISTRY["file_weighted"] = _FileWeighted
+    yield
+    del base._REGISTRY["file_weighted"]
+
+
+def test_rows_of_a_replaced_checkpoint_are_refused_on_resume_not_reused(setup, file_weighted):
+    """Same options, new file contents (a retrained attributor exported under its old name): refused, not reused."""
+    from amlx.jobs.evaluate import checkpoint_digest
+
+    tmp_path, kw = setup
+    ckpt = tmp_path / "weights.ckpt"
+    ckpt.write_text("1.0")
+    kw = {**kw, "methods": ["fw=file_weighted"], "method_options": {"fw": {"checkpoint": str(ckpt)}}}
+    first = evaluate(out_dir=str(tmp_path / "run"), **kw)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "scores" / "fw.jsonl").read_text().splitlines()]
+    assert {r["checkpoint_sha256"] for r in rows} == {checkpoint_digest({"checkpoint": str(ckpt)})}
+    again = evaluate(out_dir=str(tmp_path / "run"), **kw)  # the same file: resumed, identical
+    assert [r["comp"] for r in again["per_example"]["fw"]] == [r["comp"] for r in first["per_example"]["fw"]]
+    ckpt.write_text("-1.0")  # reversed ranking: every comp changes
+    with pytest.raises(ValueError, match="another version of the method's checkpoint"):
+        evaluate(out_dir=str(tmp_path / "run"), **kw)
+    fresh = evaluate(out_dir=str(tmp_path / "fresh"), **kw)
+    assert [r["comp"] for r in fresh["per_example"]["fw"]] != [r["comp"] for r in first["per_example"]["fw"]]

@@ -16,8 +16,12 @@ computed per chunk exactly as if they were evaluated (same seeding), so both way
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import inspect
 import json
+import logging
+import os
 import math
 import time
 from pathlib import Path
@@ -36,6 +40,8 @@ from amlx.progress import Progress
 from amlx.records import Attribution, load_jsonl, save_jsonl
 from amlx.results import write_results
 
+log = logging.getLogger(__name__)
+
 
 class ResumeMismatchError(UserError, ValueError):
     """``out_dir`` holds scores of a different evaluation configuration than the one asked for."""
@@ -51,11 +57,41 @@ def _changed_settings(old_key: str | None, new_key: str) -> str:
     return ", ".join(changed) or "its configuration"
 
 
-def _done_indices(scores_path: Path, config_key: str) -> dict[int, dict]:
-    """Per-example metric rows already on disk for this configuration (other configurations are refused)."""
+def checkpoint_digest(opts: dict) -> str | None:
+    """SHA-256 of the file a method's ``checkpoint`` option names (path or ``amlx:`` name), or None without one.
+
+    A retrained attributor exported under the same name has the same options, so the options alone cannot tell
+    its rows from the old checkpoint's: the digest, stored in every score row, can.
+    """
+    name = opts.get("checkpoint")
+    if not isinstance(name, str) or not name:
+        return None
+    from amlx.attributors.aml import checkpoint_path
+
+    path = checkpoint_path(name)
+    if not path.is_file():
+        return None  # the method itself reports the missing checkpoint, with how to make it
+    stat = path.stat()
+    return _file_digest(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:  # size, mtime_ns: a rewritten file is hashed anew
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _done_indices(scores_path: Path, config_key: str, digest: str | None = None) -> dict[int, dict]:
+    """Per-example metric rows already on disk for this configuration (other configurations are refused).
+
+    ``digest``: the checkpoint the method loads now; rows written from another checkpoint file are refused.
+    """
     if not scores_path.exists():
         return {}
-    done = {}
+    done, unverified = {}, 0
     with scores_path.open() as f:
         for line in f:
             if not line.strip():
@@ -67,7 +103,18 @@ def _done_indices(scores_path: Path, config_key: str) -> dict[int, dict]:
                     f"{_changed_settings(row.get('config'), config_key)}); resume with the same configuration, "
                     "use another out_dir, or delete it to start over"
                 )
+            old = row.get("checkpoint_sha256")
+            if digest is not None and old is not None and old != digest:
+                raise ResumeMismatchError(
+                    f"{scores_path} was written with another version of the method's checkpoint (sha256 "
+                    f"{old[:12]}…, now {digest[:12]}…): the checkpoint was retrained or replaced. Delete {scores_path} "
+                    "and its attributions file to evaluate the new one, or give it its own alias or out_dir"
+                )
+            unverified += digest is not None and old is None
             done[row["index"]] = row
+    if unverified:
+        log.warning("%s: %d rows predate checkpoint digests; their checkpoint version cannot be checked",
+                    scores_path, unverified)  # fmt: skip
     return done
 
 
@@ -169,7 +216,8 @@ def evaluate(
         config_key = json.dumps({**settings, "method": name, "options": opts}, sort_keys=True)
         scores_path = out / "scores" / f"{label}.jsonl"
         records_path = out / "attributions" / f"{label}.jsonl"
-        done = _done_indices(scores_path, config_key)
+        digest = checkpoint_digest(opts)
+        done = _done_indices(scores_path, config_key, digest)
         probe = method_registry.get(name, **opts)
         variant = getattr(probe, "variant", "") or ""
         if alias != name:  # two runs of one method must stay distinguishable in the table
@@ -194,7 +242,8 @@ def evaluate(
                 scores_path.parent.mkdir(parents=True, exist_ok=True)
                 with scores_path.open("a") as f:
                     for j, (i, r) in enumerate(zip(idx, recs)):
-                        row = {"index": i, "example_id": ids[i], "config": config_key, "seconds": r.seconds,
+                        row = {"index": i, "example_id": ids[i], "config": config_key,
+                               **({"checkpoint_sha256": digest} if digest else {}), "seconds": r.seconds,
                                "eval_seconds": eval_sec, **{m: float(values[m][j]) for m in metric_names},
                                "curves": {m: points[j] for m, points in evaluator.curves.items()}}  # fmt: skip
                         f.write(json.dumps(row) + "\n")
