@@ -7,6 +7,10 @@ follows ``amlx.metrics.direction`` (``max`` for higher-is-better), so a YAML nam
 
 DDP: every rank scores its own share of the texts (rank r takes texts r, r + world, ...); the sums and counts
 are all-reduced, so each rank logs the same exact mean and checkpointing / early stopping agree on all ranks.
+
+With a ``WandbLogger`` on the trainer, each validation also logs the first ``log_examples`` maps (rank zero's
+share) as a ``wandb.Table`` ``val/<metric>_attributions`` (text, method, words, per-word scores, the metric per
+example) and their HTML view ``val/<metric>_attributions_html`` (``amlx.wandb_media``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from amlx import metrics as metric_registry
 from amlx.attributors.aml import checkpoint_path
 from amlx.evaluation import Evaluator
+from amlx.records import Attribution
+from amlx.wandb_media import log_attributions
 
 
 def monitor(metric: str) -> tuple[str, str]:
@@ -39,6 +45,7 @@ class MetricValidation(L.Callback):
     ``texts`` when given, else from the datamodule's ``val_dataloader()`` (its ``"text"`` column, in order).
     ``metric_options`` configure the metric (e.g. ``{perturbation: mask}``); ``batch_size`` = examples per
     attributor pass; ``max_tokens`` bounds the evaluator's forward passes. Skipped during the sanity check.
+    ``log_examples``: maps sent to W&B per validation when the trainer has a ``WandbLogger`` (0: none).
     """
 
     def __init__(
@@ -49,7 +56,10 @@ class MetricValidation(L.Callback):
         batch_size: int = 32,
         max_tokens: int = 8192,
         texts: list[str] | None = None,
+        log_examples: int = 8,
     ) -> None:
+        if log_examples < 0:
+            raise ValueError(f"log_examples must be ≥ 0 (0: no W&B table), got {log_examples}")
         self.metric = metric
         self.key, _ = monitor(metric)
         self.n_examples = n_examples
@@ -57,6 +67,7 @@ class MetricValidation(L.Callback):
         self.batch_size = batch_size
         self.max_tokens = max_tokens
         self.texts = list(texts)[:n_examples] if texts is not None else None
+        self.log_examples = log_examples
 
     def validation_texts(self, trainer: L.Trainer) -> list[str]:
         """The first ``n_examples`` validation texts (read once)."""
@@ -75,22 +86,32 @@ class MetricValidation(L.Callback):
             self.texts = texts[: self.n_examples]
         return self.texts
 
-    def values(self, attributor: L.LightningModule, texts: list[str]) -> np.ndarray:
-        """The metric on each of ``texts``: [len(texts)] (one-pass pAML maps, ``Evaluator`` with this metric)."""
+    def attribute(self, attributor: L.LightningModule, texts: list[str]) -> list[Attribution]:
+        """The attributor's one-pass pAML maps of ``texts`` (records on the explained model's tokens)."""
         from amlx.methods.aml import PAML
 
         if not texts:
+            return []
+        return PAML(attributor=attributor, internal_batch_size=self.batch_size).attribute(texts, attributor.explained)
+
+    def values(self, attributor: L.LightningModule, records: list[Attribution]) -> np.ndarray:
+        """The metric on each record: [len(records)] (``Evaluator`` with this metric and its options)."""
+        if not records:
             return np.zeros(0)
-        explained = attributor.explained
-        records = PAML(attributor=attributor, internal_batch_size=self.batch_size).attribute(texts, explained)
         metric = metric_registry.get(self.metric, **self.metric_options)
-        return Evaluator(explained, [metric], max_tokens=self.max_tokens).evaluate(records)[self.metric]
+        return Evaluator(attributor.explained, [metric], max_tokens=self.max_tokens).evaluate(records)[self.metric]
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         texts = self.validation_texts(trainer)
-        mine = self.values(pl_module, texts[trainer.global_rank :: trainer.world_size])
+        records = self.attribute(pl_module, texts[trainer.global_rank :: trainer.world_size])
+        for i, r in zip(range(trainer.global_rank, len(texts), trainer.world_size), records):
+            r.example_id = str(i)  # the text's place among the validation texts (W&B's table names it)
+        mine = self.values(pl_module, records)
+        if self.log_examples:
+            n = self.log_examples
+            log_attributions(trainer, f"{self.key}_attributions", records[:n], mine[:n], self.metric)
         stats = torch.tensor([mine.sum(), len(mine)], dtype=torch.float64, device=pl_module.device)
         total, count = trainer.strategy.reduce(stats, reduce_op="sum").tolist()
         # already the same on every rank; sync_dist only tells Lightning so (a mean of equal values)

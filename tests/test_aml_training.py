@@ -7,7 +7,6 @@ temporary folder, so both load by path exactly as train.py loads amlx: names.
 from __future__ import annotations
 
 import filecmp
-import json
 import os
 import re
 from pathlib import Path
@@ -17,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.strategies import DDPStrategy
-from transformers import AutoModel
 
 from amlx.attributors import AMLAttributor
 from amlx.callbacks import (
@@ -31,23 +29,9 @@ from amlx.data import TextClassificationData
 from amlx.evaluation import Evaluator
 from amlx.models import ExplainedModel
 from amlx.records import records_from_encoded
-from tests.tiny import CORPUS, tiny_config, tiny_explained, tiny_tokenizer
+from tests.tiny import CORPUS, save_tiny_assets
 
 N_VAL = 8
-
-
-def save_tiny_assets(root) -> dict[str, str]:
-    """Paths of a saved tiny explained classifier, a saved tiny attributor backbone and a labelled JSONL file."""
-    explained = root / "explained"
-    tiny_explained("roberta", "encoder").save_pretrained(explained)
-    backbone = root / "backbone"
-    tok = tiny_tokenizer("bert")
-    torch.manual_seed(0)
-    AutoModel.from_config(tiny_config("bert", tok)).save_pretrained(backbone)
-    tok.save_pretrained(backbone)
-    data = root / "reviews.jsonl"
-    data.write_text("".join(json.dumps({"text": t, "label": i % 2}) + "\n" for i, t in enumerate(CORPUS)))
-    return {"explained": str(explained), "backbone": str(backbone), "data": str(data)}
 
 
 def datamodule(data: str) -> TextClassificationData:

@@ -26,3 +26,8 @@ def test_notebook_is_stored_without_outputs_and_runs_without_error(path, monkeyp
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+
+
+def test_every_notebook_is_listed_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    assert [p.name for p in NOTEBOOKS if f"`{p.name}`" not in readme] == []

@@ -2,21 +2,31 @@
 
 ``amlx.tuning.wandb_runs.read_run`` parses an offline run's transaction log; these tests check it against values
 logged by hand, then check that every tuning trial is a run grouped by its study with its configuration, its
-metric curve and its final scores — the same numbers the Optuna study stored.
+metric curve and its final scores — the same numbers the Optuna study stored — and that a pAML run and every
+trial log their validation maps as a ``wandb.Table`` and an HTML view, read back from the run's files.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
+import numpy as np
 import optuna
 import pytest
 import wandb
 
+from amlx import render
 from amlx.cli import wandb_offline_without_key
+from amlx.data import TextClassificationData
+from amlx.methods.aml import PAML
 from amlx.tuning import Tuner, offline_runs, read_run
+from amlx.wandb_media import COLUMNS
 from tests.test_aml_training import save_tiny_assets
 from tests.test_tune import tiny_fit_config, tune_options
+
+TABLE = "val/comp_attributions"  # MetricValidation("comp")'s table; its HTML view is TABLE + "_html"
+N_VAL = 4  # tiny_fit_config's MetricValidation n_examples (all of them go to the table: log_examples is 8)
 
 
 @pytest.fixture(autouse=True)
@@ -64,8 +74,47 @@ def test_an_offline_run_reads_back_with_its_config_history_summary_and_exit_code
     assert read_run(back.path).summary == back.summary  # the .wandb file itself reads the same
 
 
+def validation_texts(assets: dict) -> list[str]:
+    """The texts MetricValidation scores in tiny_fit_config's runs (its data module's first validation rows)."""
+    dm = TextClassificationData(dataset=assets["data"], val_size=8, test_size=4, seed=0)
+    return dm.split("val")["text"][:N_VAL]
+
+
+def tables(run, key: str = TABLE) -> list[dict]:
+    return [json.loads(p.read_text()) for p in run.media(key)]
+
+
+def test_a_paml_run_logs_each_validations_maps_as_a_wandb_table_and_an_html_view(tmp_path, monkeypatch):
+    from amlx.cli import main
+
+    assets = save_tiny_assets(tmp_path / "assets")
+    fit_config = tiny_fit_config(assets, tmp_path / "paml_tiny.yaml")  # the pAML config, its WandbLogger included
+    monkeypatch.chdir(tmp_path)  # the config's loggers write under runs/
+    monkeypatch.setenv("AMLX_CACHE", str(tmp_path / "cache"))  # where MetricCheckpoint exports the best checkpoint
+    cli = main(["fit", "--config", str(fit_config)])
+    step = cli.trainer.global_step
+    wandb.run.finish()
+    (run,) = offline_runs(tmp_path / "runs", wait_s=60)
+    logged = tables(run)
+    assert len(logged) == len(run.curve("val/comp")) == 2  # one table per validation (2 epochs)
+    last = logged[-1]
+    assert last["columns"] == [*COLUMNS, "comp"]
+    # the last validation saw the final weights: the attributor's maps now are the ones in the last table
+    texts = validation_texts(assets)
+    records = PAML(attributor=cli.model, internal_batch_size=4).attribute(texts, cli.model.explained)
+    assert [row[0] for row in last["data"]] == ["0", "1", "2", "3"] and [row[1] for row in last["data"]] == texts
+    for row, r in zip(last["data"], records):
+        assert row[2] == "paml/pretrained" and row[3] == r.target_label and row[4] == r.words
+        assert row[5] == pytest.approx(r.word_scores().tolist(), abs=1e-6)
+    assert np.mean([row[6] for row in last["data"]]) == pytest.approx(run.curve("val/comp")[-1], abs=1e-6)
+    assert run.summary[f"{TABLE}/path"] == str(run.media(TABLE)[-1].relative_to(run.path.parent / "files"))
+    pages = [p.read_text() for p in run.media(TABLE + "_html")]
+    assert len(pages) == 2 and pages[-1] == render.to_html(records, title=f"{TABLE} at step {step}")
+
+
 def test_every_trial_is_an_offline_wandb_run_grouped_by_study_with_its_config_curve_and_final_scores(tmp_path):
-    fit_config = tiny_fit_config(save_tiny_assets(tmp_path / "assets"), tmp_path / "paml_tiny.yaml")
+    assets = save_tiny_assets(tmp_path / "assets")
+    fit_config = tiny_fit_config(assets, tmp_path / "paml_tiny.yaml")
     opts = tune_options(tmp_path, fit_config, n_trials=2, wandb="auto", heartbeat_interval=None)
     Tuner(**opts).run()
     study = optuna.load_study(study_name="tiny-comp", storage=opts["storage"])
@@ -79,6 +128,11 @@ def test_every_trial_is_an_offline_wandb_run_grouped_by_study_with_its_config_cu
         assert run.curve("val/comp") == pytest.approx([t.intermediate_values[s] for s in sorted(t.intermediate_values)])
         assert run.summary["tune/best_comp"] == pytest.approx(t.value)
         assert run.summary["tune/state"] == "COMPLETE" and run.exit_code == 0
+        logged = tables(run)  # each validation's maps, the metric of each example, their mean = val/comp
+        assert len(logged) == len(run.curve("val/comp")) and len(run.media(TABLE + "_html")) == len(logged)
+        for table, value in zip(logged, run.curve("val/comp")):
+            assert [row[1] for row in table["data"]] == validation_texts(assets)
+            assert np.mean([row[-1] for row in table["data"]]) == pytest.approx(value, abs=1e-6)
 
 
 def test_wandb_off_logs_no_run(tmp_path):

@@ -253,3 +253,27 @@ def tiny_explained(arch: str, kind: str, tokenizer: PreTrainedTokenizerFast | No
     num_labels = len(kw["labels"]) if kw.get("labels") else 2
     model = tiny_model(arch, kind, tokenizer, num_labels=num_labels, seed=seed)
     return ExplainedModel(model, tokenizer, kind, name=f"tiny-{arch}-{kind}", **kw)
+
+
+def save_tiny_assets(root) -> dict[str, str]:
+    """Paths of a saved tiny explained classifier, a saved tiny attributor backbone and a labelled JSONL file.
+
+    The explained model is a RoBERTa encoder (byte-level BPE) and the backbone a BERT (WordPiece), so an attributor
+    trained on them maps scores across tokenizers (``amlx.align``); the data are ``CORPUS`` with labels 0, 1, 0, ...
+    """
+    import json
+    from pathlib import Path
+
+    from transformers import AutoModel
+
+    root = Path(root)
+    explained = root / "explained"
+    tiny_explained("roberta", "encoder").save_pretrained(explained)
+    backbone = root / "backbone"
+    tok = tiny_tokenizer("bert")
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_config("bert", tok)).save_pretrained(backbone)
+    tok.save_pretrained(backbone)
+    data = root / "reviews.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": i % 2}) + "\n" for i, t in enumerate(CORPUS)))
+    return {"explained": str(explained), "backbone": str(backbone), "data": str(data)}

@@ -4,7 +4,8 @@ An offline run (``WANDB_MODE=offline``) is a directory ``<save_dir>/wandb/offlin
 record of what was logged is ``run-<id>.wandb`` (``wandb sync <dir>`` uploads it later; wandb ≥ 0.19 writes no
 ``files/wandb-summary.json`` offline). That file is a LevelDB-style log: a 7-byte header (``:W&B``, magic
 0xBEE1, version 0), then 32 KiB blocks of chunks, each ``crc32 (4 bytes) | length (2) | type (1) | data`` with
-type full / first / middle / last; a full record is one serialized ``wandb_internal_pb2.Record``.
+type full / first / middle / last; a full record is one serialized ``wandb_internal_pb2.Record``. Logged media
+(tables, HTML) are files under the run's ``files/media/``, which the log names (``OfflineRun.media``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,14 @@ class OfflineRun:
     def curve(self, key: str) -> list[float]:
         """The logged values of ``key``, in order."""
         return [row[key] for row in self.history if key in row]
+
+    def media(self, key: str) -> list[Path]:
+        """The files of the media logged under ``key`` (``wandb.Table``, ``wandb.Html``, ...), in order.
+
+        W&B writes each one under the run's ``files/`` (``media/table/<key>_<step>_<hash>.table.json``) and logs
+        its path; a table file is JSON ``{"columns": [...], "data": [[...], ...]}``.
+        """
+        return [self.path.parent / "files" / row[f"{key}/path"] for row in self.history if f"{key}/path" in row]
 
 
 def records(path: str | Path) -> list[bytes]:
