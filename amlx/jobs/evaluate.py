@@ -21,8 +21,8 @@ import hashlib
 import inspect
 import json
 import logging
-import os
 import math
+import os
 import time
 from pathlib import Path
 
