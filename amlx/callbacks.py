@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from amlx import metrics as metric_registry
 from amlx.attributors.aml import checkpoint_path
 from amlx.evaluation import Evaluator
+from amlx.pairs import Input, inputs_of
 
 
 def monitor(metric: str) -> tuple[str, str]:
@@ -58,7 +59,7 @@ class MetricValidation(L.Callback):
         self.max_tokens = max_tokens
         self.texts = list(texts)[:n_examples] if texts is not None else None
 
-    def validation_texts(self, trainer: L.Trainer) -> list[str]:
+    def validation_texts(self, trainer: L.Trainer) -> list[Input]:
         """The first ``n_examples`` validation texts (read once)."""
         if self.texts is None:
             dm = trainer.datamodule
@@ -67,9 +68,9 @@ class MetricValidation(L.Callback):
                     "MetricValidation reads validation texts from the datamodule: fit with datamodule=... (train.py "
                     "does), or pass texts=[...] to MetricValidation"
                 )
-            texts: list[str] = []
+            texts: list[Input] = []
             for batch in dm.val_dataloader():  # the unsharded loader: every rank sees the same list
-                texts += list(batch["text"])
+                texts += inputs_of(batch)
                 if len(texts) >= self.n_examples:
                     break
             self.texts = texts[: self.n_examples]

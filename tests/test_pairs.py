@@ -345,3 +345,27 @@ def test_multi_nli_matched_validation_is_the_validation_split(monkeypatch):
     assert len(dm.split("test")) == 5 and len(dm.split("train")) == 25
     batch = next(iter(dm.test_dataloader()))
     assert inputs_of(batch)[0] == TextPair(dm.split("test")["text"][0], "h")
+
+
+def test_a_classifier_fine_tuned_on_pairs_reads_the_second_segment(tmp_path):
+    """Only the hypothesis decides the label: a classifier that saw the premise alone could not learn it."""
+    import lightning as L
+
+    from amlx.models.classifier import ClassifierModule
+
+    tok = tiny_tokenizer("bert")
+    tiny_model("bert", "encoder", tok).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    premises = ["a movie", "the plot", "the cast", "a film", "the score", "the story"]
+    rows = [{"premise": p, "hypothesis": h, "label": y} for p in premises for h, y in
+            (("it is good", 1), ("it is bad", 0), ("really great fun", 1), ("terrible and dull", 0))] * 2  # fmt: skip
+    data = write_nli(tmp_path / "pairs.jsonl", rows)
+    dm = TextClassificationData(dataset=data, test_size=12, val_size=6, batch_size=8, eval_batch_size=12, seed=0)
+    torch.manual_seed(0)
+    module = ClassifierModule(model=str(tmp_path / "base"), kind="encoder", lr=3e-3, warmup_ratio=0.0)
+    trainer = L.Trainer(max_steps=80, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    trainer.test(module, datamodule=dm, verbose=False)
+    acc, n = module.test_result
+    assert n == 12 and acc >= 0.9

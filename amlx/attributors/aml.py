@@ -27,6 +27,7 @@ from amlx.align import REDUCTIONS, align_scores
 from amlx.attributors.teacher import TEACHER_LOSSES, TeacherBatch, check_teacher, teacher_loss
 from amlx.errors import UserError
 from amlx.models.explained import Encoded, ExplainedModel
+from amlx.pairs import inputs_of
 
 SPARSITY = ("bce", "l1")
 CONDITIONING = ("soft", "hard")
@@ -430,7 +431,7 @@ class AMLAttributor(L.LightningModule):
 
     # ---------------------------------------------------------------------------------------- training
     def _step(self, batch: dict, stage: str) -> Tensor:
-        out = self(batch["text"], teacher=batch.get("teacher"))
+        out = self(inputs_of(batch), teacher=batch.get("teacher"))
         n = len(batch["text"])
         for k, v in out.terms.items():
             self.log(f"{stage}/{k}", v.mean(), prog_bar=k == "loss", batch_size=n, sync_dist=stage != "train")
