@@ -369,3 +369,47 @@ def test_a_classifier_fine_tuned_on_pairs_reads_the_second_segment(tmp_path):
     trainer.test(module, datamodule=dm, verbose=False)
     acc, n = module.test_result
     assert n == 12 and acc >= 0.9
+
+
+def test_hub_nli_labels_are_mapped_by_name_to_the_explained_models_label_order(monkeypatch):
+    """esnli's ClassLabel ids follow (entailment, neutral, contradiction); the model's labels may be in another order."""
+    names = datasets.ClassLabel(names=NLI)
+    split = datasets.Dataset.from_dict({"premise": ["A dog runs.", "A cat.", "Kids play."],
+                                        "hypothesis": ["An animal moves.", "A dog.", "Kids sleep."], "label": [0, 1, 2]},
+                                       features=datasets.Features({"premise": datasets.Value("string"),
+                                                                   "hypothesis": datasets.Value("string"),
+                                                                   "label": names}))  # fmt: skip
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, **kw: datasets.DatasetDict({"test": split}))
+    model_order = ["contradiction", "entailment", "neutral"]
+    table = load_table("esnli", model_order)["test"]
+    assert [model_order[i] for i in table["label"]] == NLI and list(table["text_pair"]) == list(split["hypothesis"])
+    assert list(load_table("esnli", NLI)["test"]["label"]) == [0, 1, 2]  # the same order: unchanged
+
+
+def test_the_esnli_rationales_config_runs_on_a_csv_in_the_esnli_format(nli_run, tmp_path, monkeypatch):
+    """configs/eval/nli_esnli_rationales.yaml as documented, on a made-up file with e-SNLI's columns and strings."""
+    import csv
+    from pathlib import Path
+
+    _, model, _ = nli_run
+    config = Path(__file__).resolve().parent.parent / "configs" / "eval" / "nli_esnli_rationales.yaml"
+    monkeypatch.chdir(tmp_path)
+    Path("data").mkdir()
+    header = ["pairID", "gold_label", "Sentence1", "Sentence2", "Explanation_1", "Sentence1_marked_1",
+              "Sentence2_marked_1", "Sentence1_Highlighted_1", "Sentence2_Highlighted_1"]  # fmt: skip
+    examples = [("A man plays a guitar.", "A person plays music.", "entailment", "1,4", "1,3"),
+                ("Two dogs run.", "Dogs sleep.", "contradiction", "2", "1"),
+                ("A woman reads.", "She is happy.", "neutral", "{}", "2")]  # fmt: skip
+    with open("data/esnli_test.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for i in range(2600):  # the config cuts 2000 test and 500 validation rows
+            p, h, y, hp, hh = examples[i % 3]
+            w.writerow([f"{i}", y, p, h, "because", p, h, hp, hh])
+    argv = ["evaluate", "--config", str(config), "--model", model, "--n", "4", "--methods", "random",
+            "--progress", "false", "--out_dir", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 0
+    recs = load_jsonl(tmp_path / "run" / "attributions" / "random.jsonl")
+    assert all(r.segments is not None for r in recs) and any(r.ground_truth.any() for r in recs)
+    table = json.loads((tmp_path / "run" / "table.json").read_text())
+    assert {row["metric"] for row in table["rows"]} >= {"token_f1", "iou_f1", "auprc", "comp"}

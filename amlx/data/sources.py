@@ -128,6 +128,11 @@ def _clean(
                 ds = ds.remove_columns(new)
             ds = ds.rename_column(old, new)
     labels = list(labels)
+    names = getattr(ds.features["label"], "names", None)  # a hub ClassLabel: its ids follow its own name order
+    if names and set(names) <= set(labels) and list(names) != labels[: len(names)]:
+        # e.g. esnli (entailment, neutral, contradiction) explained by a model whose labels are in another order
+        ds = ds.cast_column("label", datasets.Value("int64"))
+        ds = ds.map(lambda r: {"label": labels.index(names[r["label"]]) if 0 <= r["label"] < len(names) else r["label"]})
     if len(ds) and isinstance(ds[0]["label"], str):
         ds = ds.map(
             lambda r: {"_label": labels.index(r["label"]) if r["label"] in labels else -1}, remove_columns=["label"]
