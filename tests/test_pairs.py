@@ -413,3 +413,15 @@ def test_the_esnli_rationales_config_runs_on_a_csv_in_the_esnli_format(nli_run, 
     assert all(r.segments is not None for r in recs) and any(r.ground_truth.any() for r in recs)
     table = json.loads((tmp_path / "run" / "table.json").read_text())
     assert {row["metric"] for row in table["rows"]} >= {"token_f1", "iou_f1", "auprc", "comp"}
+
+
+def test_explain_on_an_nli_dataset_writes_pair_records_and_html(nli_run):
+    tmp_path, model, data = nli_run
+    argv = ["explain", "--model", model, "--dataset", data, "--n", "2", "--methods", "gradient_x_input",
+            "--data", json.dumps({"test_size": 5, "val_size": 2, "labels": NLI}), "--terminal", "false",
+            "--out_dir", str(tmp_path / "ex")]  # fmt: skip
+    assert main(argv) == 0
+    recs = load_jsonl(tmp_path / "ex" / "attributions.jsonl")
+    assert [TextPair.from_joined(r.text, r.segments) for r in recs] == inputs_of(
+        TextClassificationData(data, labels=NLI, test_size=5, val_size=2).split("test").select(range(2)))
+    assert recs[0].segments is not None and (tmp_path / "ex" / "attributions.html").exists()

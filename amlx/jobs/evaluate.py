@@ -223,7 +223,8 @@ def evaluate(
 
     setup = {"explained_model": model, "dataset": dataset, "split": split, "n_examples": n,
              "unit": unit or "metric default", "perturbation": perturbation or "metric default",
-             "rounding": rounding or "metric default", "seed": seed}  # fmt: skip
+             "rounding": rounding or "metric default", "seed": seed,
+             **({"agreement_unit": agreement_unit} if agreement_unit else {})}  # fmt: skip
     notes = ("sec_per_example is the attribution method's time per example (the evaluation's own time is in "
              "the per-example score files). Metric defaults: docs/evaluation.md.")  # fmt: skip
     path = write_results("table", rows, setup, notes=notes, directory=out, direction=metric_registry.direction)

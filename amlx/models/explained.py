@@ -473,10 +473,9 @@ class ExplainedModel(nn.Module):
         off = torch.tensor(np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(len(texts), ids.shape[1], 2))
         special = torch.tensor(enc["special_tokens_mask"]).bool()
         seq = torch.tensor([[-1 if s is None else s for s in enc.sequence_ids(b)] for b in range(len(texts))])
-        # each part: the tokens of its sequence that overlap its span; offsets move into the joined text
-        dest = [[0] if seg is None else [s for s, _ in seg] for seg in (segments or [None] * len(texts))]
+        # a part's tokens: those of its sequence that overlap its span; their offsets move to where it starts in texts[b]
         p_seq, p_start, p_end = (torch.tensor([[pc[k] for pc in p] for p in pieces]) for k in range(3))  # [batch, parts]
-        p_dest = torch.tensor(dest)
+        p_dest = torch.tensor([[s for s, _ in seg] for seg in segments] if segments else [[0]] * len(texts))
         o0, o1 = off[..., 0, None], off[..., 1, None]  # [batch, tokens, 1]
         inside = (seq[..., None] == p_seq[:, None]) & (o1 > p_start[:, None]) & (o0 < p_end[:, None]) & (o1 > o0)
         attributable = inside.any(-1) & ~special & am.bool()
