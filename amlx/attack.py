@@ -69,6 +69,7 @@ class TopKAttack:
         enc = enc.to(model.device)
         mask = enc.attributable  # [batch, tokens]
         e0 = model.embed(enc.input_ids).detach()  # [batch, tokens, hidden]
+        types = model.token_type_ids(enc.input_ids, enc.attention_mask)
         with torch.no_grad():
             p0 = model.probs(input_ids=enc.input_ids, attention_mask=enc.attention_mask)  # [batch, classes]
         target = p0.argmax(-1)
@@ -89,7 +90,7 @@ class TopKAttack:
         for t in range(self.steps + 1):
             x = e0 + delta * mask[..., None].to(e0.dtype)
             a = method.scores_from_embeds(x, enc, model, target)  # [batch, tokens]
-            probs = model.probs(inputs_embeds=x, attention_mask=enc.attention_mask)
+            probs = model.probs(inputs_embeds=x, attention_mask=enc.attention_mask, token_type_ids=types)
             if a0 is None:  # t = 0: δ = 0, the original map
                 a0 = a.detach()
                 topk = ranks(a0, mask) < k[:, None]  # B: [batch, tokens]

@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from amlx import metrics as metric_registry
 from amlx.attributors.aml import checkpoint_path
 from amlx.evaluation import Evaluator
+from amlx.pairs import Input, inputs_of
 from amlx.records import Attribution
 from amlx.wandb_media import log_attributions
 
@@ -69,7 +70,7 @@ class MetricValidation(L.Callback):
         self.texts = list(texts)[:n_examples] if texts is not None else None
         self.log_examples = log_examples
 
-    def validation_texts(self, trainer: L.Trainer) -> list[str]:
+    def validation_texts(self, trainer: L.Trainer) -> list[Input]:
         """The first ``n_examples`` validation texts (read once)."""
         if self.texts is None:
             dm = trainer.datamodule
@@ -78,9 +79,9 @@ class MetricValidation(L.Callback):
                     "MetricValidation reads validation texts from the datamodule: fit with datamodule=... (train.py "
                     "does), or pass texts=[...] to MetricValidation"
                 )
-            texts: list[str] = []
+            texts: list[Input] = []
             for batch in dm.val_dataloader():  # the unsharded loader: every rank sees the same list
-                texts += list(batch["text"])
+                texts += inputs_of(batch)
                 if len(texts) >= self.n_examples:
                     break
             self.texts = texts[: self.n_examples]

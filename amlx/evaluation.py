@@ -20,6 +20,7 @@ from torch import Tensor
 
 from amlx import metrics as metric_registry
 from amlx.metrics import Metric
+from amlx.metrics.agreement import AgreementMetric
 from amlx.metrics.perturb import FILL, PerturbationMetric, SearchMetric, build_variants, replacement_id
 from amlx.records import Attribution
 
@@ -30,7 +31,8 @@ class Evaluator:
     """Scores records with ``metrics`` (names or ``Metric`` instances) on ``model``.
 
     ``perturbation`` / ``unit`` / ``rounding`` / ``word_agg``, when given, override every named perturbation
-    metric's default (e.g. ``perturbation="mask"`` for all of them); instances are used as configured.
+    metric's default (e.g. ``perturbation="mask"`` for all of them); ``agreement_unit`` (token | word) and ``word_agg``
+    those of every named agreement metric; instances are used as configured.
     ``max_tokens`` bounds each forward pass (rows × padded length): raise it on a GPU, lower it if memory runs out.
     ``max_rows`` caps the rows of a pass: rows are sorted by length, so small passes keep padding low (on a CPU,
     wider passes buy no speed; on a GPU raise both).
@@ -46,18 +48,22 @@ class Evaluator:
         unit: str | None = None,
         rounding: str | None = None,
         word_agg: str | None = None,
+        agreement_unit: str | None = None,
     ) -> None:
         self.model = model
         self.max_tokens = max_tokens
         self.max_rows = max_rows
         overrides = {k: v for k, v in dict(perturbation=perturbation, unit=unit, rounding=rounding,
                                            word_agg=word_agg).items() if v is not None}  # fmt: skip
+        agreement = {k: v for k, v in dict(unit=agreement_unit, word_agg=word_agg).items() if v is not None}
         self.metrics: list[Metric] = []
         for m in metrics:
             if isinstance(m, str):
                 m = metric_registry.get(m)
                 if isinstance(m, PerturbationMetric) and overrides:
                     m = type(m)(**overrides)
+                elif isinstance(m, AgreementMetric) and agreement:
+                    m = type(m)(**agreement)
             if m.kind == "sanity":
                 raise ValueError(
                     f"{m.name} re-runs an attribution method on randomized models and cannot score saved records; "

@@ -21,6 +21,7 @@ from amlx import metrics as metric_registry
 from amlx.data import TextClassificationData
 from amlx.evaluation import DEFAULT_METRICS
 from amlx.models import ExplainedModel, resolve_device
+from amlx.pairs import inputs_of
 
 DEFAULT_METHODS = ["random", "gradient_x_input", "saliency", "paml", "faml"]
 
@@ -34,7 +35,7 @@ def classifier_data(classifier_config: str) -> TextClassificationData:
 @torch.inference_mode()
 def test_accuracy(model: ExplainedModel, dm: TextClassificationData, batch_size: int = 128) -> tuple[float, int]:
     test = dm.split("test")
-    probs = model.predict(test["text"], batch_size=batch_size)
+    probs = model.predict(inputs_of(test), batch_size=batch_size)
     labels = torch.tensor(test["label"])
     return float((probs.argmax(-1) == labels).float().mean()), len(labels)
 

@@ -3,7 +3,9 @@
 An ``Attribution`` describes one example as the explained model saw it: its tokens (specials included, padding
 stripped), one score per token, which tokens are attributable, how tokens group into words, the target class
 and the model's original probabilities. Records are saved as JSONL, one record per line, each line carrying
-``"schema": "amlx.attribution/1"`` (fields are listed in docs/evaluation.md).
+``"schema": "amlx.attribution/1"`` (fields are listed in docs/evaluation.md). A sentence pair is one record: ``text``
+is the pair's joined text and ``segments`` the character spans of its two segments (``amlx.pairs``); records of
+single texts have ``segments`` None and are written exactly as before the field existed.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class Attribution:
     ground_truth: np.ndarray | None = None  # bool [tokens]: planted tokens or a human rationale
     example_id: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    segments: list[tuple[int, int]] | None = None  # a pair's [start, end) of text and text_pair in ``text``
 
     def __post_init__(self) -> None:
         self.tokens = list(self.tokens)
@@ -82,6 +85,14 @@ class Attribution:
         self.word_spans = [(int(s), int(e)) for s, e in self.word_spans]
         if self.ground_truth is not None:
             self.ground_truth = np.asarray(self.ground_truth, dtype=bool).reshape(-1)
+        if self.segments is not None:
+            self.segments = [(int(s), int(e)) for s, e in self.segments]
+            bounds = [b for span in self.segments for b in span]
+            if len(self.segments) != 2 or bounds != sorted(bounds) or bounds[0] < 0 or bounds[-1] > len(self.text):
+                raise ValueError(
+                    f"{self.where()}: segments {self.segments} are not the two ordered spans of a pair inside its "
+                    f"text of {len(self.text)} characters"
+                )
         n = len(self.tokens)
         per_token = {"scores": self.scores, "input_ids": self.input_ids, "attributable": self.attributable,
                      "offsets": self.offsets, "word_ids": self.word_ids}  # fmt: skip
@@ -130,6 +141,13 @@ class Attribution:
         sel = self.attributable & (self.word_ids >= 0)
         return aggregate(self.word_ids[sel], self.scores[sel], len(self.word_spans), agg)
 
+    def segment_ids(self) -> np.ndarray:
+        """Int [tokens]: the segment (0 = text, 1 = text_pair) of each attributable token, -1 elsewhere; 0 for a text."""
+        out = np.where(self.attributable, 0, -1)
+        if self.segments is not None:
+            out[self.attributable & (self.offsets[:, 0] >= self.segments[1][0])] = 1
+        return out
+
     def spans_to_tokens(self, spans: list[tuple[int, int]]) -> np.ndarray:
         """Bool [tokens]: attributable tokens overlapping any character span ``[start, end)`` of ``text``."""
         mask = np.zeros(len(self), dtype=bool)
@@ -139,8 +157,8 @@ class Attribution:
 
     # ------------------------------------------------------------------------------------------ JSON
     def to_dict(self) -> dict:
-        """A JSON-ready dict in schema ``amlx.attribution/1``."""
-        return {
+        """A JSON-ready dict in schema ``amlx.attribution/1`` (``segments`` only for pairs)."""
+        d = {
             "schema": SCHEMA,
             "example_id": self.example_id,
             "text": self.text,
@@ -160,6 +178,9 @@ class Attribution:
             "ground_truth": None if self.ground_truth is None else self.ground_truth.astype(int).tolist(),
             "meta": self.meta,
         }
+        if self.segments is not None:
+            d["segments"] = [list(s) for s in self.segments]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Attribution:
@@ -247,6 +268,7 @@ def records_from_encoded(
                 variant=variant,
                 seconds=secs[b],
                 meta=dict(meta or {}),
+                segments=None if enc.segments is None else enc.segments[b],
             )
         )
     return out

@@ -63,7 +63,10 @@ class StubExplained(nn.Module):
     def mask_embedding(self):
         return torch.zeros(2)
 
-    def logits(self, input_ids=None, attention_mask=None, inputs_embeds=None):
+    def token_type_ids(self, input_ids, attention_mask=None):
+        return torch.zeros_like(input_ids)
+
+    def logits(self, input_ids=None, attention_mask=None, inputs_embeds=None, token_type_ids=None):
         return (inputs_embeds * attention_mask[..., None]).sum(1)
 
 

@@ -100,10 +100,10 @@ def test_x_tilde_and_its_complement_get_different_noise_draws_from_the_instance_
     model, sent = bow_explained(), []
     forward = model.logits
 
-    def recording(input_ids=None, attention_mask=None, inputs_embeds=None):
+    def recording(input_ids=None, attention_mask=None, inputs_embeds=None, token_type_ids=None):
         if inputs_embeds is not None:  # the optimization's forward passes (F(x) itself comes from input_ids)
             sent.append(inputs_embeds.detach().clone())
-        return forward(input_ids, attention_mask, inputs_embeds)
+        return forward(input_ids, attention_mask, inputs_embeds, token_type_ids)
 
     model.logits = recording
     text, seed, std = "good movie", 5, 0.1

@@ -27,6 +27,7 @@ from amlx.align import REDUCTIONS, align_scores
 from amlx.attributors.teacher import TEACHER_LOSSES, TeacherBatch, check_teacher, teacher_loss
 from amlx.errors import UserError
 from amlx.models.explained import Encoded, ExplainedModel
+from amlx.pairs import inputs_of
 
 SPARSITY = ("bce", "l1")
 CONDITIONING = ("soft", "hard")
@@ -113,8 +114,10 @@ def aml_loss(
     m = explained.mask_embedding()  # [hidden]
     w = torch.cat([a, inv])[..., None].to(x.dtype)  # [2·batch, tokens, 1]
     masked = w * torch.cat([x, x]) + (1 - w) * m  # M(a, x) and M(1 − a, x), Eq. 3
-    am = enc.attention_mask
-    logits = explained.logits(inputs_embeds=masked, attention_mask=torch.cat([am, am])).float()
+    am, types = enc.attention_mask, explained.token_type_ids(enc.input_ids, enc.attention_mask)
+    logits = explained.logits(
+        inputs_embeds=masked, attention_mask=torch.cat([am, am]), token_type_ids=torch.cat([types, types])
+    ).float()
     pred = -(y * logits[:b].log_softmax(-1)).sum(-1)  # L_p, Eq. 5: soft cross-entropy to y_v
     yhat = F.one_hot(y.argmax(-1), y.shape[-1]).bool()
     inv_logits = logits[b:]
@@ -415,7 +418,8 @@ class AMLAttributor(L.LightningModule):
                 "trained with such a backbone"
             )
         with evaluating(self):
-            probs = explained.probs(inputs_embeds=embeds, attention_mask=enc.attention_mask)
+            types = explained.token_type_ids(enc.input_ids, enc.attention_mask)
+            probs = explained.probs(inputs_embeds=embeds, attention_mask=enc.attention_mask, token_type_ids=types)
             y = condition(probs, self.hparams.class_conditioning, target)
             delta = embeds - explained.embed(enc.input_ids).detach()
             a_src = self.head_scores(self.hidden_from_embeds(own + delta.to(own.dtype), inputs.attention_mask, y))
@@ -427,7 +431,7 @@ class AMLAttributor(L.LightningModule):
 
     # ---------------------------------------------------------------------------------------- training
     def _step(self, batch: dict, stage: str) -> Tensor:
-        out = self(batch["text"], teacher=batch.get("teacher"))
+        out = self(inputs_of(batch), teacher=batch.get("teacher"))
         n = len(batch["text"])
         for k, v in out.terms.items():
             self.log(f"{stage}/{k}", v.mean(), prog_bar=k == "loss", batch_size=n, sync_dist=stage != "train")

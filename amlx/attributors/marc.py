@@ -173,13 +173,14 @@ class MaRC:
 
     def fit(
         self, model, x: Tensor, baseline: Tensor, attention_mask: Tensor, positions: Tensor, n_words: Tensor,
-        target: Tensor, generators: list[torch.Generator],
+        target: Tensor, generators: list[torch.Generator], token_type_ids: Tensor | None = None,
     ) -> MaRCResult:  # fmt: skip
         """Optimize one mask per row of the batch (λ, the module, steps taken and the loss trace: ``MaRCResult``).
 
         x, baseline: [batch, tokens, hidden] embeddings of the input and of b (equal where never masked);
         positions: [batch, tokens] from ``word_positions``; ``generators``: one per row, drawn in a fixed order
-        (flips, then noise on x̃, then on x̃^c) only while the row is still being optimized.
+        (flips, then noise on x̃, then on x̃^c) only while the row is still being optimized. ``token_type_ids``
+        [batch, tokens]: the rows' segments for F (``ExplainedModel.token_type_ids``), None for F's default.
         """
         device = x.device
         mask = MaRCMask(positions, n_words, self.w_init, self.sigma_init, self.kernel).to(device)
@@ -202,7 +203,9 @@ class MaRC:
             xr, br, am = x[rows, :t], baseline[rows, :t], attention_mask[rows, :t]
             keep = lam * xr + (1 - lam) * br + noise[0]  # x̃, Eq. 1
             comp = (1 - lam) * xr + lam * br + noise[1]  # x̃^c, Eq. 3
-            logits = model.logits(inputs_embeds=torch.cat([keep, comp]), attention_mask=torch.cat([am, am]))
+            types = None if token_type_ids is None else token_type_ids[rows, :t].repeat(2, 1)
+            logits = model.logits(inputs_embeds=torch.cat([keep, comp]), attention_mask=torch.cat([am, am]),
+                                  token_type_ids=types)  # fmt: skip
             omega_lambda, omega_sigma = mask.regularizers(lam_words)
             loss = marc_objective(logits[: len(rows)], logits[len(rows) :], target[rows], omega_lambda[rows],
                                   omega_sigma[rows], self.alpha_lambda, self.alpha_sigma, self.scoring,

@@ -1,8 +1,9 @@
 """``TextClassificationData``: a LightningDataModule with fixed, seeded train/val/test splits of raw texts.
 
-Batches are ``{"text": list[str], "label": LongTensor[batch], "index": LongTensor[batch]}`` (plus planted spans
-when the planted-token variant is on); the model side tokenizes, so one data module serves every explained
-model and every attributor.
+Batches are ``{"text": list[str], "label": LongTensor[batch], "index": LongTensor[batch]}`` (plus ``text_pair``
+for sentence pairs, ``rationale`` spans when the data has human rationales, planted spans when the planted-token
+variant is on); the model side tokenizes (``amlx.pairs.inputs_of(batch)``), so one data module serves every
+explained model and every attributor.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from torch.utils.data import DataLoader
 
 from amlx.data.planted import plant
 from amlx.data.sources import SENTIMENT_LABELS, load_table
+from amlx.pairs import display_text, inputs_of
 
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"validation": "val", "valid": "val", "dev": "val"}  # the names other libraries use for "val"
-HUB_SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val", "dev"), "test": ("test",)}
+# MultiNLI (hub ``multi_nli``) has no test split: its matched validation split is the validation split here
+HUB_SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val", "dev", "validation_matched"), "test": ("test",)}
 
 
 class TextClassificationData(L.LightningDataModule):
@@ -29,7 +32,10 @@ class TextClassificationData(L.LightningDataModule):
     every split into the planted-token ground-truth variant (labels randomized, class word inserted, span recorded).
     ``teacher``: an attribution JSONL of the train split (``explain.py explain``); training then uses the rows it
     covers and each train batch carries their maps under ``"teacher"`` (``teacher_method`` picks one method of a
-    mixed file).
+    mixed file). Sentence pairs (NLI): ``text_pair_column`` names the second segment (found without it for
+    premise/hypothesis and sentence1/sentence2 columns); ``rationale_columns``: one column of highlighted word indices
+    per segment (``amlx.data.rationales``; default ``<column>_rationale`` when present), the ground truth of the
+    agreement metrics.
     """
 
     def __init__(
@@ -50,6 +56,8 @@ class TextClassificationData(L.LightningDataModule):
         class_words: list[str] | None = None,
         teacher: str | None = None,
         teacher_method: str | None = None,
+        text_pair_column: str | None = None,
+        rationale_columns: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -61,7 +69,8 @@ class TextClassificationData(L.LightningDataModule):
         if self._splits:
             return
         hp = self.hparams
-        table = load_table(hp.dataset, self.labels, hp.text_column, hp.label_column)
+        table = load_table(hp.dataset, self.labels, hp.text_column, hp.label_column,
+                           text_pair_column=hp.text_pair_column, rationale_columns=hp.rationale_columns)  # fmt: skip
         if isinstance(table, datasets.DatasetDict):
             splits = self._named_splits(table)
         else:
@@ -69,6 +78,8 @@ class TextClassificationData(L.LightningDataModule):
         if hp.max_train_examples is not None and not hp.teacher:
             splits["train"] = splits["train"].select(range(min(hp.max_train_examples, len(splits["train"]))))
         if hp.planted:
+            # the planted word is the ground truth; human rationales would point at shifted characters
+            splits = {k: v.remove_columns("rationale") if "rationale" in v.column_names else v for k, v in splits.items()}
             words = hp.class_words or self.labels
             splits = {
                 k: plant(v, words, hp.planted_position, seed=hp.seed + i) for i, (k, v) in enumerate(splits.items())
@@ -86,7 +97,8 @@ class TextClassificationData(L.LightningDataModule):
         train = self._splits["train"]
         prefix = f"{hp.dataset}/train/"
         keep, rows = [], {}
-        for pos, (text, index) in enumerate(zip(train["text"], train["index"])):
+        for pos, (item, index) in enumerate(zip(inputs_of(train), train["index"])):
+            text = display_text(item)  # what records store: a pair's joined text
             rec = records.get(f"{prefix}{index}")
             if rec is None:
                 continue

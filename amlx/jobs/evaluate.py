@@ -32,10 +32,12 @@ import torch
 from amlx import methods as method_registry
 from amlx import metrics as metric_registry
 from amlx.data import data_from_options
+from amlx.data.rationales import rationale_tokens
 from amlx.errors import UserError
 from amlx.evaluation import DEFAULT_METRICS, Evaluator
 from amlx.methods.ensemble import Ensemble
 from amlx.models import ExplainedModel, resolve_device
+from amlx.pairs import inputs_of
 from amlx.progress import Progress
 from amlx.records import Attribution, load_jsonl, save_jsonl
 from amlx.results import write_results
@@ -141,6 +143,7 @@ def evaluate(
     perturbation: str | None = None,
     unit: str | None = None,
     rounding: str | None = None,
+    agreement_unit: str | None = None,
     kind: str = "auto",
     model_options: dict | None = None,
     data: dict | None = None,
@@ -155,7 +158,8 @@ def evaluate(
     twice with different options: ``methods: [faml, faml_oracle=faml]`` with options keyed by the alias;
     an ensemble: ``methods: [lime, kernel_shap, ens=ensemble]``, ``method_options: {ens: {members: [lime,
     kernel_shap]}}`` (members evaluated in the same run with the same options are reused, not recomputed);
-    ``perturbation`` / ``unit`` / ``rounding`` override every metric's default (see docs/evaluation.md).
+    ``perturbation`` / ``unit`` / ``rounding`` override every perturbation metric's default (see docs/evaluation.md);
+    ``agreement_unit`` (token | word) that of the agreement metrics (``word``: scored by word, as for human rationales).
     ``model_options`` go to ``ExplainedModel.from_pretrained`` (e.g. ``{mask: "id:4563"}``: the token that
     replaces masked units, for the methods and the metrics alike). ``data`` holds further ``TextClassificationData`` options (split sizes, columns); the defaults reproduce the
     splits the default classifier was trained on. ``device``: ``auto`` (a CUDA GPU when one is visible, else the
@@ -168,15 +172,19 @@ def evaluate(
     dm = data_from_options(dataset, seed, data, labels=explained.labels)
     table = dm.split(split)
     n = min(n, len(table))
-    texts, ids = table["text"][:n], [str(i) for i in table["index"][:n]]
+    table = table.select(range(n))
+    texts, ids = inputs_of(table), [str(i) for i in table["index"]]  # texts: str, or TextPair for sentence pairs
     # planted-token data (data: {planted: true}): the planted word is each record's ground truth (gt_overlap, ...)
-    planted = list(zip(table["planted_start"][:n], table["planted_end"][:n])) if "planted_start" in table.column_names else None
+    planted = list(zip(table["planted_start"], table["planted_end"])) if "planted_start" in table.column_names else None
+    # human rationales (amlx.data.rationales): the highlighted words are the ground truth (token_f1, iou_f1, auprc)
+    rationales = list(table["rationale"]) if "rationale" in table.column_names else None
     evaluator = Evaluator(explained, metrics, max_tokens=max_tokens, perturbation=perturbation, unit=unit,
-                          rounding=rounding)  # fmt: skip
+                          rounding=rounding, agreement_unit=agreement_unit)  # fmt: skip
     metric_names = [m.name for m in evaluator.metrics]
     settings = {"model": model, "dataset": dataset, "split": split, "seed": seed, "metrics": metric_names,
                 "perturbation": perturbation, "unit": unit, "rounding": rounding, "chunk_size": chunk_size,
-                "data": data or {}, **({"model_options": model_options} if model_options else {})}  # fmt: skip
+                "data": data or {}, **({"model_options": model_options} if model_options else {}),
+                **({"agreement_unit": agreement_unit} if agreement_unit else {})}  # fmt: skip
 
     seeded: dict[str, bool] = {}  # method name → whether it takes a seed
 
@@ -235,6 +243,8 @@ def evaluate(
                     r.example_id = ids[i]
                     if planted:
                         r.ground_truth = r.spans_to_tokens([planted[i]])
+                    elif rationales is not None:
+                        r.ground_truth = rationale_tokens(r, rationales[i])
                 t0 = time.perf_counter()
                 values = evaluator.evaluate(recs)
                 eval_sec = (time.perf_counter() - t0) / len(recs)
@@ -262,7 +272,8 @@ def evaluate(
 
     setup = {"explained_model": model, "dataset": dataset, "split": split, "n_examples": n,
              "unit": unit or "metric default", "perturbation": perturbation or "metric default",
-             "rounding": rounding or "metric default", "seed": seed}  # fmt: skip
+             "rounding": rounding or "metric default", "seed": seed,
+             **({"agreement_unit": agreement_unit} if agreement_unit else {})}  # fmt: skip
     notes = ("sec_per_example is the attribution method's time per example (the evaluation's own time is in "
              "the per-example score files). Metric defaults: docs/evaluation.md.")  # fmt: skip
     path = write_results("table", rows, setup, notes=notes, directory=out, direction=metric_registry.direction)

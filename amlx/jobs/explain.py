@@ -11,6 +11,7 @@ from amlx import methods as method_registry
 from amlx import render
 from amlx.errors import UserError
 from amlx.models.explained import EmptyTextError, ExplainedModel, resolve_device
+from amlx.pairs import Input, inputs_of
 from amlx.progress import Progress
 from amlx.records import Attribution, load_jsonl, save_jsonl
 
@@ -24,8 +25,11 @@ class TextSourceError(UserError, ValueError):
 def load_texts(
     texts: list[str] | None, file: str | None, dataset: str | None, split: str, n: int, seed: int,
     data: dict | None = None,
-) -> tuple[list[str], list[str], list[int | None]]:
-    """(texts, example ids, gold labels or None) from exactly one source: a list, a text file, or a dataset split."""
+) -> tuple[list[Input], list[str], list[int | None]]:
+    """(texts, example ids, gold labels or None) from exactly one source: a list, a text file, or a dataset split.
+
+    A dataset of sentence pairs gives ``TextPair``s (``amlx.pairs``).
+    """
     given = [name for name, v in (("texts", texts), ("file", file), ("dataset", dataset)) if v is not None]
     if len(given) != 1:
         raise TextSourceError(
@@ -52,7 +56,7 @@ def load_texts(
 
     rows = data_from_options(dataset, seed, data).split(split)
     rows = rows.select(range(min(n, len(rows))))
-    return list(rows["text"]), [f"{dataset}/{split}/{i}" for i in rows["index"]], list(rows["label"])
+    return inputs_of(rows), [f"{dataset}/{split}/{i}" for i in rows["index"]], list(rows["label"])
 
 
 def explain(

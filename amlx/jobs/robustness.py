@@ -23,6 +23,7 @@ from amlx.data import data_from_options
 from amlx.jobs.evaluate import _done_indices, summarize
 from amlx.methods.base import differentiable_names, method_label
 from amlx.models import ExplainedModel, resolve_device
+from amlx.pairs import inputs_of
 from amlx.results import write_results
 
 # table metric → (per-example field, over which examples, direction for a robust method)
@@ -86,7 +87,8 @@ def robustness(
     explained = ExplainedModel.from_pretrained(model, kind=kind, **(model_options or {})).to(resolve_device(device))
     table = data_from_options(dataset, seed, data, labels=explained.labels).split(split)
     n = min(n, len(table))
-    texts, ids = table["text"][:n], [str(i) for i in table["index"][:n]]
+    table = table.select(range(n))
+    texts, ids = inputs_of(table), [str(i) for i in table["index"]]  # texts: str, or TextPair for sentence pairs
     settings = {"model": model, "dataset": dataset, "split": split, "seed": seed, "batch_size": batch_size,
                 "data": data or {}, **({"model_options": model_options} if model_options else {})}  # fmt: skip
 

@@ -25,4 +25,5 @@ class GradientXInput(EmbeddingGradientMethod):
         self.variant = "" if output == "logit" else output
 
     def scores_from_embeds(self, embeds: Tensor, enc: Encoded, model, target: Tensor) -> Tensor:
-        return (embedding_gradients(embeds, enc.attention_mask, model, target, self.output) * embeds).sum(-1)
+        types = model.token_type_ids(enc.input_ids, enc.attention_mask)
+        return (embedding_gradients(embeds, enc.attention_mask, model, target, self.output, types) * embeds).sum(-1)

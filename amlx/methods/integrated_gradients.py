@@ -25,14 +25,17 @@ BASELINES = ("mask", "pad")
 
 
 class LogitsFromEmbeds(nn.Module):
-    """captum's forward function: (inputs_embeds [rows, tokens, hidden], attention_mask [rows, tokens]) → logits."""
+    """captum's forward function: (inputs_embeds [rows, tokens, hidden], attention_mask and token_type_ids
+    [rows, tokens]) → logits."""
 
     def __init__(self, model) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, inputs_embeds: Tensor, attention_mask: Tensor) -> Tensor:
-        return self.model.logits(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+    def forward(self, inputs_embeds: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
+        return self.model.logits(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, token_type_ids=token_type_ids
+        )
 
 
 def reference_embeddings(enc: Encoded, model, baseline: str = "mask") -> Tensor:
@@ -67,14 +70,18 @@ class ReferenceMethod(AttributionMethod):
     def reference_scores(self, enc: Encoded, model, target: Tensor, ref: Tensor) -> Tensor:
         """Scores [batch, tokens] against the reference embeddings ``ref`` [batch, tokens, hidden]."""
         x = model.embed(enc.input_ids).detach().requires_grad_(True)
+        args = (enc.attention_mask, model.token_type_ids(enc.input_ids, enc.attention_mask))
         with torch.enable_grad():
-            attr = self.embedding_attributions(LogitsFromEmbeds(model), x, ref, enc.attention_mask, target)
+            attr = self.embedding_attributions(LogitsFromEmbeds(model), x, ref, args, target)
         return attr.detach().sum(-1)
 
     def embedding_attributions(
-        self, forward: nn.Module, x: Tensor, ref: Tensor, mask: Tensor, target: Tensor
+        self, forward: nn.Module, x: Tensor, ref: Tensor, args: tuple[Tensor, Tensor], target: Tensor
     ) -> Tensor:
-        """Attributions [batch, tokens, hidden] of the target logit to the embeddings ``x`` against ``ref``."""
+        """Attributions [batch, tokens, hidden] of the target logit to the embeddings ``x`` against ``ref``.
+
+        ``args``: ``forward``'s further inputs, the attention mask and token type ids [batch, tokens].
+        """
         raise NotImplementedError
 
 
@@ -115,12 +122,12 @@ class IntegratedGradientsMethod(ReferenceMethod):
         ref = reference_embeddings(enc, model, "mask")
         return self.diffusion.scores(enc, model, target, probs, ref, self.reference_scores, self.internal_batch_size)
 
-    def embedding_attributions(self, forward, x, ref, mask, target):
+    def embedding_attributions(self, forward, x, ref, args, target):
         return IntegratedGradients(forward).attribute(
             x,
             baselines=ref,
             target=target,
-            additional_forward_args=(mask,),
+            additional_forward_args=args,
             n_steps=self.n_steps,
             method=self.integration,
             internal_batch_size=max(self.internal_batch_size, len(x)),
@@ -138,6 +145,7 @@ class IntegratedGradientsMethod(ReferenceMethod):
                 "them and selects one map: attack integrated_gradients with baseline mask or pad"
             )
         ref = reference_embeddings(enc, model, self.baseline)  # [batch, tokens, hidden]
+        types = model.token_type_ids(enc.input_ids, enc.attention_mask)
         step_sizes, alphas = approximation_parameters(self.integration)
         weights, points = step_sizes(self.n_steps), alphas(self.n_steps)
         b = len(embeds)
@@ -149,8 +157,9 @@ class IntegratedGradientsMethod(ReferenceMethod):
             path = ref + a[:, None, None, None] * (embeds - ref)  # [points, batch, tokens, hidden]
             n = len(a)
             grad = embedding_gradients(
-                path.flatten(0, 1), enc.attention_mask.repeat(n, 1), model, target.repeat(n)
-            ).unflatten(0, (n, b))
+                path.flatten(0, 1), enc.attention_mask.repeat(n, 1), model, target.repeat(n),
+                token_type_ids=types.repeat(n, 1),
+            ).unflatten(0, (n, b))  # fmt: skip
             total = total + (w[:, None, None, None] * grad).sum(0)
         return ((embeds - ref) * total).sum(-1)
 
@@ -176,7 +185,7 @@ class GradientShapMethod(ReferenceMethod):
         self.n_samples, self.stdevs, self.seed = n_samples, stdevs, seed
         self.variant = f"{baseline}-{n_samples}"
 
-    def embedding_attributions(self, forward, x, ref, mask, target):
+    def embedding_attributions(self, forward, x, ref, args, target):
         explainer = GradientShap(forward)
         np_state = np.random.get_state()  # captum draws baseline indices with numpy's global generator
         with torch.random.fork_rng(devices=[]):
@@ -188,7 +197,7 @@ class GradientShapMethod(ReferenceMethod):
                         x[b : b + 1],
                         baselines=ref[b : b + 1],
                         target=target[b : b + 1],
-                        additional_forward_args=(mask[b : b + 1],),
+                        additional_forward_args=tuple(a[b : b + 1] for a in args),
                         n_samples=self.n_samples,
                         stdevs=self.stdevs,
                     )  # fmt: skip
@@ -212,14 +221,14 @@ class DeepLiftMethod(ReferenceMethod):
         super().__init__(baseline, internal_batch_size)
         self.variant = baseline
 
-    def embedding_attributions(self, forward, x, ref, mask, target):
+    def embedding_attributions(self, forward, x, ref, args, target):
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings(
                     "ignore", message="Setting forward, backward hooks"
                 )  # captum's notice
                 return DeepLift(forward).attribute(
-                    x, baselines=ref, target=target, additional_forward_args=(mask,)
+                    x, baselines=ref, target=target, additional_forward_args=args
                 )
         except (RuntimeError, AssertionError, TypeError, ValueError, AttributeError) as e:
             name = forward.model.name or type(forward.model.hf).__name__

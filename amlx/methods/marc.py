@@ -108,7 +108,7 @@ class MaRCMethod(AttributionMethod):
         seg_target = target[[b for b, *_ in origin]]
         with torch.enable_grad():
             fit = self.optim.fit(model, x, baseline, seg.attention_mask, positions.to(x.device), n_words,
-                                 seg_target, gens)  # fmt: skip
+                                 seg_target, gens, model.token_type_ids(seg.input_ids, seg.attention_mask))  # fmt: skip
         self.last_fit = fit
         out = torch.zeros(enc.input_ids.shape, dtype=torch.float64)
         lam = fit.token_mask.detach().double().cpu()
@@ -145,5 +145,6 @@ class MaRCMethod(AttributionMethod):
             word_ids=gather(enc.word_ids, -1),
             texts=[enc.texts[b] for b, _ in rows],
             truncated=[enc.truncated[b] for b, _ in rows],
+            segments=None if enc.segments is None else [enc.segments[b] for b, _ in rows],
         )
         return seg, origin

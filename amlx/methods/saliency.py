@@ -14,8 +14,13 @@ from amlx.models.explained import Encoded
 REDUCTIONS = ("l2", "l1", "sum")
 
 
-def embedding_gradients(embeds: Tensor, attention_mask: Tensor, model, target: Tensor, output: str = "logit") -> Tensor:
+def embedding_gradients(
+    embeds: Tensor, attention_mask: Tensor, model, target: Tensor, output: str = "logit",
+    token_type_ids: Tensor | None = None,
+) -> Tensor:  # fmt: skip
     """∂out_target/∂x at the input embeddings ``embeds`` [batch, tokens, hidden] (``class_outputs``), same shape.
+
+    ``token_type_ids`` [batch, tokens]: the rows' segments (``ExplainedModel.token_type_ids``; pairs on BERT-style F).
 
     One batched backward pass. When ``embeds`` requires grad (the top-k attack), the gradient keeps its graph, so it
     is itself differentiable w.r.t. ``embeds`` (double backprop); attention then runs on the plain-math kernel, as
@@ -24,7 +29,7 @@ def embedding_gradients(embeds: Tensor, attention_mask: Tensor, model, target: T
     second_order = sdpa_kernel(SDPBackend.MATH) if embeds.requires_grad else contextlib.nullcontext()
     with torch.enable_grad(), second_order:
         x = embeds if embeds.requires_grad else embeds.detach().requires_grad_(True)
-        logits = model.logits(inputs_embeds=x, attention_mask=attention_mask)  # [batch, classes]
+        logits = model.logits(inputs_embeds=x, attention_mask=attention_mask, token_type_ids=token_type_ids)
         out = class_outputs(logits, output)
         chosen = out.gather(1, target[:, None]).sum()  # rows are independent: one backward for all
         (grad,) = torch.autograd.grad(chosen, x, create_graph=embeds.requires_grad)
@@ -57,7 +62,8 @@ class Saliency(EmbeddingGradientMethod):
         self.variant = reduction if output == "logit" else f"{reduction},{output}"
 
     def scores_from_embeds(self, embeds: Tensor, enc: Encoded, model, target: Tensor) -> Tensor:
-        grad = embedding_gradients(embeds, enc.attention_mask, model, target, self.output)  # [batch, tokens, hidden]
+        types = model.token_type_ids(enc.input_ids, enc.attention_mask)
+        grad = embedding_gradients(embeds, enc.attention_mask, model, target, self.output, types)  # [b, tokens, h]
         if self.reduction == "sum":
             return grad.sum(-1)
         return grad.norm(p=2 if self.reduction == "l2" else 1, dim=-1)

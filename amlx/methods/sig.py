@@ -53,6 +53,7 @@ def sig_scores(
     backward per pass.
     """
     x = model.embed(enc.input_ids).detach()
+    types = model.token_type_ids(enc.input_ids, enc.attention_mask)
     diff = x - ref  # [B, k, h]: zero off the attributable tokens
     n_units = (units.max(1).values + 1).tolist()  # [B]
     row_ex = torch.cat([torch.full((u * n_steps,), b) for b, u in enumerate(n_units)]).to(x.device)
@@ -69,7 +70,7 @@ def sig_scores(
         path = ref[ex] + alpha[step][:, None, None] * diff[ex]  # x̄^w + α(x − x̄^w) on the unit's tokens
         emb = torch.where(moving[..., None], path, x[ex]).requires_grad_(True)
         with torch.enable_grad():
-            logits = model.logits(inputs_embeds=emb, attention_mask=enc.attention_mask[ex])
+            logits = model.logits(inputs_embeds=emb, attention_mask=enc.attention_mask[ex], token_type_ids=types[ex])
             f = class_outputs(logits, output)[torch.arange(len(rows), device=x.device), target[ex]]
             (grad,) = torch.autograd.grad(f.sum(), emb)
         out.index_add_(0, ex, (grad * diff[ex]).sum(-1) * moving * weight[step][:, None])
@@ -81,10 +82,11 @@ def _sig_reference(
 ) -> Tensor:
     """The plain per-example, per-unit loop (captum IG from x̄^w to x, one unit at a time) that tests check against."""
 
-    def forward(emb: Tensor, mask: Tensor) -> Tensor:
-        return class_outputs(model.logits(inputs_embeds=emb, attention_mask=mask), output)
+    def forward(emb: Tensor, mask: Tensor, types: Tensor) -> Tensor:
+        return class_outputs(model.logits(inputs_embeds=emb, attention_mask=mask, token_type_ids=types), output)
 
     x = model.embed(enc.input_ids).detach()
+    types = model.token_type_ids(enc.input_ids, enc.attention_mask)
     out = torch.zeros(enc.input_ids.shape, dtype=x.dtype)
     for b in range(len(enc)):
         n = int(enc.attention_mask[b].sum())
@@ -94,7 +96,7 @@ def _sig_reference(
             with torch.enable_grad():
                 attr = IntegratedGradients(forward).attribute(
                     x[b : b + 1, :n], baselines=base, target=int(target[b]), n_steps=n_steps, method=integration,
-                    additional_forward_args=(enc.attention_mask[b : b + 1, :n],),
+                    additional_forward_args=(enc.attention_mask[b : b + 1, :n], types[b : b + 1, :n]),
                 )  # fmt: skip
             out[b, :n] += attr[0].sum(-1).detach().cpu() * moving.cpu()
     return out

@@ -1,8 +1,11 @@
 """Agreement with ground truth: planted tokens (thesis §3.1) and human rationales (ERASER).
 
 All work on the record's attributable tokens and its ``ground_truth`` token mask, need no model, and rank
-tokens by score with ties broken by position. A record without ``ground_truth`` raises ``ValueError``; a record
-whose ground truth has no attributable token (e.g. truncated away) scores NaN.
+units by score with ties broken by position. A unit is a token (``unit="token"``, default) or a word
+(``unit="word"``: its score is the ``word_agg`` of its tokens' scores, and it is in the ground truth when one of its
+tokens is; how human rationales, marked on words, are scored). A record without ``ground_truth`` raises
+``ValueError``; a record whose ground truth has no attributable token (e.g. truncated away) scores NaN. A sentence
+pair's units are those of both segments; a span (IoU F1) never runs across the two.
 
 Binarizing for token F1 / IoU F1: the predicted rationale is the top-``k``% of tokens (``k`` given) or, by
 default, the top-|ground truth| tokens — the oracle length, the usual choice when no threshold is tuned (MaRC
@@ -14,14 +17,21 @@ from __future__ import annotations
 import numpy as np
 
 from amlx.metrics import Metric, register_metric
-from amlx.metrics.perturb import n_units_for, unit_ranks
-from amlx.records import Attribution
+from amlx.metrics.perturb import UNITS, n_units_for, unit_index
+from amlx.records import AGGREGATIONS, Attribution, aggregate
 
 
 class AgreementMetric(Metric):
-    """Scores attributable tokens against ``record.ground_truth``; subclasses implement ``score``."""
+    """Scores units (tokens or words) against ``record.ground_truth``; subclasses implement ``score``."""
 
     kind = "agreement"
+
+    def __init__(self, unit: str = "token", word_agg: str = "max") -> None:
+        if unit not in UNITS:
+            raise ValueError(f"{self.name}: unit must be one of {UNITS}, got {unit!r}")
+        if word_agg not in AGGREGATIONS:
+            raise ValueError(f"{self.name}: word_agg must be one of {AGGREGATIONS}, got {word_agg!r}")
+        self.unit, self.word_agg = unit, word_agg
 
     def __call__(self, record: Attribution, model=None) -> float:
         if record.ground_truth is None:
@@ -29,15 +39,22 @@ class AgreementMetric(Metric):
                 f"{self.name} compares with ground truth, but {record.where()} has none; set "
                 "Attribution.ground_truth (a token mask; Attribution.spans_to_tokens converts character spans)"
             )
-        sel = record.attributable
-        gt = record.ground_truth[sel]
+        units, n = unit_index(record, self.unit)
+        sel = units >= 0  # the attributable tokens
+        groups = units[sel]
+        gt = np.zeros(n, dtype=bool)
+        np.logical_or.at(gt, groups, record.ground_truth[sel])
         if not gt.any():
             return float("nan")
-        rank = unit_ranks(record, "token")[0].numpy()[sel]  # 0 = most attributed
-        return self.score(record.scores[sel], gt, rank)
+        scores = aggregate(groups, record.scores[sel], n, self.word_agg)
+        rank = np.empty(n, dtype=np.int64)
+        rank[np.argsort(-scores, kind="stable")] = np.arange(n)  # 0 = most attributed; ties: earlier unit first
+        first = np.unique(groups, return_index=True)[1]  # each unit's first token
+        segment = record.segment_ids()[sel][first]
+        return self.score(scores, gt, rank, segment)
 
-    def score(self, scores: np.ndarray, gt: np.ndarray, rank: np.ndarray) -> float:
-        """``scores``, ``gt`` (bool), ``rank`` (0 = top): [attributable tokens]."""
+    def score(self, scores: np.ndarray, gt: np.ndarray, rank: np.ndarray, segment: np.ndarray) -> float:
+        """``scores``, ``gt`` (bool), ``rank`` (0 = top), ``segment`` (0, or 1 in a pair's text_pair): [units]."""
         raise NotImplementedError
 
 
@@ -47,7 +64,7 @@ class GroundTruthOverlap(AgreementMetric):
 
     name, direction = "gt_overlap", "higher"
 
-    def score(self, scores: np.ndarray, gt: np.ndarray, rank: np.ndarray) -> float:
+    def score(self, scores: np.ndarray, gt: np.ndarray, rank: np.ndarray, segment: np.ndarray) -> float:
         k = int(gt.sum())
         return float((gt & (rank < k)).sum() / k)
 
@@ -58,12 +75,13 @@ class MeanRankPercentage(AgreementMetric):
 
     name, direction = "mean_rank_pct", "lower"
 
-    def score(self, scores: np.ndarray, gt: np.ndarray, rank: np.ndarray) -> float:
+    def score(self, scores: np.ndarray, gt: np.ndarray, rank: np.ndarray, segment: np.ndarray) -> float:
         return float((rank[gt].max() + 1) / len(rank))
 
 
 class _Binarized(AgreementMetric):
-    def __init__(self, k: float | None = None, rounding: str = "floor") -> None:
+    def __init__(self, k: float | None = None, rounding: str = "floor", unit: str = "token", word_agg: str = "max") -> None:
+        super().__init__(unit, word_agg)
         self.k = k
         self.rounding = rounding
 
@@ -78,7 +96,7 @@ class TokenF1(_Binarized):
 
     name, direction = "token_f1", "higher"
 
-    def score(self, scores: np.ndarray, gt: np.ndarray, rank: np.ndarray) -> float:
+    def score(self, scores: np.ndarray, gt: np.ndarray, rank: np.ndarray, segment: np.ndarray) -> float:
         pred = self.predicted(gt, rank)
         return _f1(int((pred & gt).sum()), int(pred.sum()), int(gt.sum()))
 
@@ -90,8 +108,8 @@ class IouF1(_Binarized):
     name, direction = "iou_f1", "higher"
     threshold = 0.5
 
-    def score(self, scores: np.ndarray, gt: np.ndarray, rank: np.ndarray) -> float:
-        pred_spans, gt_spans = _runs(self.predicted(gt, rank)), _runs(gt)
+    def score(self, scores: np.ndarray, gt: np.ndarray, rank: np.ndarray, segment: np.ndarray) -> float:
+        pred_spans, gt_spans = _runs(self.predicted(gt, rank), segment), _runs(gt, segment)
         if not pred_spans:
             return 0.0
         iou = np.array([[_iou(p, g) for g in gt_spans] for p in pred_spans])  # [pred, gt]
@@ -110,7 +128,7 @@ class Auprc(AgreementMetric):
 
     name, direction = "auprc", "higher"
 
-    def score(self, scores: np.ndarray, gt: np.ndarray, rank: np.ndarray) -> float:
+    def score(self, scores: np.ndarray, gt: np.ndarray, rank: np.ndarray, segment: np.ndarray) -> float:
         order = np.argsort(-scores, kind="stable")
         s, y = scores[order], gt[order]
         last_of_tie = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]
@@ -124,10 +142,14 @@ def _f1(tp: int, n_pred: int, n_true: int) -> float:
     return 0.0 if n_pred + n_true == 0 else 2 * tp / (n_pred + n_true)
 
 
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """Maximal runs of True as [start, end) index pairs."""
-    edges = np.diff(np.r_[0, mask.astype(np.int8), 0])
-    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+def _runs(mask: np.ndarray, segment: np.ndarray) -> list[tuple[int, int]]:
+    """Maximal runs of True within one segment as [start, end) index pairs."""
+    runs = []
+    for seg in np.unique(segment):
+        idx = np.flatnonzero(segment == seg)  # a segment's units are contiguous
+        edges = np.diff(np.r_[0, mask[idx].astype(np.int8), 0])
+        runs += [(idx[0] + s, idx[0] + e) for s, e in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))]
+    return [(int(s), int(e)) for s, e in runs]
 
 
 def _iou(a: tuple[int, int], b: tuple[int, int]) -> float:

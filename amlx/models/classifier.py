@@ -22,6 +22,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from amlx import assets
 from amlx.data.sources import SENTIMENT_LABELS
 from amlx.models.explained import ExplainedModel
+from amlx.pairs import inputs_of
 from amlx.results import write_results
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class ClassifierModule(L.LightningModule):
         return ExplainedModel(hf, tok, hp.kind, labels=hp.labels, max_length=hp.max_length, trainable=True, name=hp.model)
 
     def _step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = self.net.encode(batch["text"]).to(self.device)
+        enc = self.net.encode(inputs_of(batch)).to(self.device)
         logits = self.net.logits(enc.input_ids, enc.attention_mask)
         return F.cross_entropy(logits.float(), batch["label"]), logits
 
@@ -166,7 +167,8 @@ class ClassifierModule(L.LightningModule):
         out = self.export_dir()
         if out is None or not (out / ".complete").exists():
             return None
-        texts = self.trainer.datamodule.split("test")["text"][:64]
+        test = self.trainer.datamodule.split("test")
+        texts = inputs_of(test.select(range(min(64, len(test)))))
         self.net.eval()
         with torch.no_grad():
             before = self.net.predict(texts)

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 from amlx import assets
 from amlx.errors import UserError
+from amlx.pairs import PAIR_JOIN, Input, Segments, TextPair
 from amlx.words import token_word_ids, word_spans
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 class EmptyTextError(UserError, ValueError):
     """An input text is empty or whitespace only."""
+
+
+class PairInputError(UserError, ValueError):
+    """Sentence pairs that this explained model cannot read (a batch mixing pairs and texts, a template without slots)."""
 
 
 class UnknownLabelError(UserError, ValueError):
@@ -91,8 +96,10 @@ class Encoded:
     attributable: Tensor  # bool: text tokens that may be attributed and masked (no specials, prompt, padding)
     offsets: Tensor  # [batch, tokens, 2] character spans into ``texts[b]``; (0, 0) where not attributable
     word_ids: Tensor  # word index of each attributable token in ``texts[b]``, -1 elsewhere
-    texts: list[str]  # the texts as encoded (after truncation)
+    texts: list[str]  # the texts as encoded (after truncation); a pair's joined text (amlx.pairs)
     truncated: list[bool]
+    # per row, a pair's two segment spans in ``texts[b]`` (amlx.pairs.TextPair.segments); None: no pairs at all
+    segments: list[Segments | None] | None = None
 
     def to(self, device: torch.device | str) -> Encoded:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -117,6 +124,7 @@ class Encoded:
             word_ids=self.word_ids[rows, :t],
             texts=[self.texts[i] for i in rows],
             truncated=[self.truncated[i] for i in rows],
+            segments=None if self.segments is None else [self.segments[i] for i in rows],
         )
 
 
@@ -395,77 +403,126 @@ class ExplainedModel(nn.Module):
         raise UnknownLabelError(f"label {label!r} is not in this model's label set {self.labels}")
 
     # ---------------------------------------------------------------------------------------- tokenizing
-    def encode(self, texts: str | list[str]) -> Encoded:
-        """Tokenize texts with offsets, the attributable mask and word ids; over-long texts are truncated."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        if not texts:
+    def encode(self, texts: Input | list[Input]) -> Encoded:
+        """Tokenize texts (or ``TextPair``s) with offsets, the attributable mask and word ids; truncate over-long ones.
+
+        A pair is read as the model was fine-tuned on pairs: ``tokenizer(text, text_pair)`` (its specials and
+        separators are never attributable), or a prompted model's ``{text}`` / ``{text_pair}`` slots. Offsets and
+        word ids then point into the pair's joined text (``amlx.pairs``), ``Encoded.segments`` holds its two spans.
+        """
+        items = [texts] if isinstance(texts, (str, TextPair)) else list(texts)
+        if not items:
             raise EmptyTextError("encode() got no texts")
-        for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise EmptyTextError(
-                    f"text {i} is empty or whitespace only ({t!r}); there is nothing to classify or attribute — "
-                    "drop it (amlx's data modules drop such rows with a warning)"
-                )
+        for i, item in enumerate(items):
+            for t in (item.text, item.text_pair) if isinstance(item, TextPair) else (item,):
+                if not isinstance(t, str) or not t.strip():
+                    raise EmptyTextError(
+                        f"text {i} is empty or whitespace only ({t!r}); there is nothing to classify or attribute — "
+                        "drop it (amlx's data modules drop such rows with a warning)"
+                    )
+        is_pair = [isinstance(item, TextPair) for item in items]
+        if any(is_pair) and not all(is_pair):
+            raise PairInputError(
+                "one batch mixes sentence pairs (TextPair) and single texts; encode them in separate batches"
+            )
+        # parts[b]: the text, or the pair's (text, text_pair), as encoded (after truncation)
+        parts = [(item.text, item.text_pair) if isinstance(item, TextPair) else (item,) for item in items]
         if self.kind == "prompted":
-            texts, truncated = self._truncate_for_prompt(texts)
-            prefix, suffix = self.template.split("{text}", 1)
-            full = [prefix + t + suffix for t in texts]
-            spans = [(len(prefix), len(prefix) + len(t)) for t in texts]
+            parts, truncated = self._truncate_for_prompt(parts)
+            slots = self._template_pieces(len(parts[0]))
+            full, pieces = [], []  # pieces[b]: (sequence, start, end) of each part in what the tokenizer reads
+            for p in parts:
+                text, spans = slots[0], []
+                for part, after in zip(p, slots[1:]):
+                    spans.append((0, len(text), len(text) + len(part)))
+                    text += part + after
+                full.append(text)
+                pieces.append(spans)
             enc = self.tokenizer(
                 full, return_offsets_mapping=True, return_special_tokens_mask=True, padding=True, truncation=False
             )
         else:
-            lengths = [len(x) for x in self.tokenizer(texts, truncation=False)["input_ids"]]
+            columns = [list(c) for c in zip(*parts)]  # [texts] or [texts, text_pairs]
+            lengths = [len(x) for x in self.tokenizer(*columns, truncation=False)["input_ids"]]
             truncated = [n > self.max_length for n in lengths]
             enc = self.tokenizer(
-                texts,
+                *columns,
                 return_offsets_mapping=True,
                 return_special_tokens_mask=True,
                 padding=True,
                 truncation=True,
                 max_length=self.max_length,
             )
-            spans = [(0, len(t)) for t in texts]
             if any(truncated):
                 # keep only what was encoded, so offsets, words and renderers describe the same text
-                texts = [_cut_to_tokens(t, o) if tr else t for t, o, tr in zip(texts, enc["offset_mapping"], truncated)]
+                parts = [
+                    tuple(_cut_to_tokens(t, o, enc.sequence_ids(b), s) for s, t in enumerate(p)) if tr else p
+                    for b, (p, o, tr) in enumerate(zip(parts, enc["offset_mapping"], truncated))
+                ]
+            pieces = [[(s, 0, len(t)) for s, t in enumerate(p)] for p in parts]
         if any(truncated):
             warnings.warn(
-                f"{sum(truncated)} of {len(texts)} texts exceed the model's {self.max_length} tokens and were "
+                f"{sum(truncated)} of {len(parts)} texts exceed the model's {self.max_length} tokens and were "
                 "truncated (only the kept part is classified and attributed)",
                 stacklevel=2,
             )
+        texts = [PAIR_JOIN.join(p) for p in parts]
+        segments = [TextPair(*p).segments for p in parts] if all(is_pair) else None
         ids = torch.tensor(enc["input_ids"])
         am = torch.tensor(enc["attention_mask"])
         off = torch.tensor(np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(len(texts), ids.shape[1], 2))
-        span = torch.tensor(spans)  # [batch, 2]
         special = torch.tensor(enc["special_tokens_mask"]).bool()
-        inside = (off[..., 1] > span[:, None, 0]) & (off[..., 0] < span[:, None, 1]) & (off[..., 1] > off[..., 0])
-        attributable = inside & ~special & am.bool()
-        off = (off - span[:, None, None, 0]).clamp(min=0)
-        off = torch.minimum(off, (span[:, 1] - span[:, 0])[:, None, None])
+        seq = torch.tensor([[-1 if s is None else s for s in enc.sequence_ids(b)] for b in range(len(texts))])
+        # a part's tokens: those of its sequence that overlap its span; their offsets move to where it starts in texts[b]
+        p_seq, p_start, p_end = (torch.tensor([[pc[k] for pc in p] for p in pieces]) for k in range(3))  # [batch, parts]
+        p_dest = torch.tensor([[s for s, _ in seg] for seg in segments] if segments else [[0]] * len(texts))
+        o0, o1 = off[..., 0, None], off[..., 1, None]  # [batch, tokens, 1]
+        inside = (seq[..., None] == p_seq[:, None]) & (o1 > p_start[:, None]) & (o0 < p_end[:, None]) & (o1 > o0)
+        attributable = inside.any(-1) & ~special & am.bool()
+        part = inside.long().argmax(-1)  # [batch, tokens]: the part a token belongs to
+        start, end, shift = (x.gather(1, part)[..., None] for x in (p_start, p_end, p_dest))
+        off = torch.minimum((off - start).clamp(min=0), end - start) + shift
         off = off * attributable[..., None]
         word_ids = torch.full_like(ids, -1)
         off_np, attr_np = off.numpy(), attributable.numpy()
         for b, t in enumerate(texts):
             word_ids[b] = torch.from_numpy(token_word_ids(off_np[b], word_spans(t), attr_np[b]))
-        return Encoded(ids, am, attributable, off, word_ids, texts, truncated)
+        return Encoded(ids, am, attributable, off, word_ids, texts, truncated, segments)
 
-    def _truncate_for_prompt(self, texts: list[str]) -> tuple[list[str], list[bool]]:
-        prefix, suffix = self.template.split("{text}", 1)
-        fixed = len(self.tokenizer(prefix + suffix)["input_ids"]) + 2  # +2: merges at the two boundaries
+    def _template_pieces(self, n_parts: int) -> list[str]:
+        """The prompt template cut around its ``{text}`` (and, for pairs, ``{text_pair}``) slots."""
+        prefix, rest = self.template.split("{text}", 1)
+        if n_parts == 1:
+            if "{text_pair}" in rest:
+                raise PairInputError(
+                    f"the prompt template {self.template!r} has a {{text_pair}} slot but got single texts; give "
+                    "sentence pairs (a dataset with a text_pair column) or a template with {text} only"
+                )
+            return [prefix, rest]
+        if "{text_pair}" not in rest:
+            raise PairInputError(
+                f"the prompt template {self.template!r} has no {{text_pair}} slot after {{text}}, so it cannot read "
+                "a sentence pair; set the explained model's template, e.g. "
+                "'Premise: {text}\\nHypothesis: {text_pair}\\nAnswer:'"
+            )
+        return [prefix, *rest.split("{text_pair}", 1)]
+
+    def _truncate_for_prompt(self, parts: list[tuple[str, ...]]) -> tuple[list[tuple[str, ...]], list[bool]]:
+        """Cut each text (pairs: the longer part first) so that it fits in the template within ``max_length``."""
+        slots = self._template_pieces(len(parts[0]))
+        fixed = len(self.tokenizer("".join(slots))["input_ids"]) + len(slots)  # + one merge at each slot boundary
         budget = self.max_length - fixed
-        if budget < 1:
+        if budget < len(slots) - 1:
             raise ValueError(f"the prompt template alone fills the model's {self.max_length} tokens")
-        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        encoded = [self.tokenizer(list(col), add_special_tokens=False, return_offsets_mapping=True)
+                   for col in zip(*parts)]  # fmt: skip
         out, truncated = [], []
-        for t, ids, offs in zip(texts, enc["input_ids"], enc["offset_mapping"]):
-            if len(ids) > budget:
-                out.append(t[: offs[budget - 1][1]])
-                truncated.append(True)
-            else:
-                out.append(t)
-                truncated.append(False)
+        for b, p in enumerate(parts):
+            counts = [len(e["input_ids"][b]) for e in encoded]
+            keep = _longest_first(counts, budget)
+            out.append(tuple(t if k == n else t[: e["offset_mapping"][b][k - 1][1]]
+                             for t, e, k, n in zip(p, encoded, keep, counts)))  # fmt: skip
+            truncated.append(keep != counts)
         return out, truncated
 
     # ------------------------------------------------------------------------------------------ forward
@@ -475,10 +532,36 @@ class ExplainedModel(nn.Module):
         return inputs_embeds if inputs_embeds is None or inputs_embeds.dtype == dtype else inputs_embeds.to(dtype)
 
     def _backbone_hidden(self, input_ids, attention_mask, inputs_embeds, **kw):
+        if self.uses_token_types and input_ids is not None:
+            kw["token_type_ids"] = self.token_type_ids(input_ids, attention_mask)
         out = self.hf.base_model(
             input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kw
         )
         return out
+
+    @property
+    def uses_token_types(self) -> bool:
+        """Whether F has segment (token type) embeddings that mark a pair's second segment (BERT, ALBERT, ELECTRA)."""
+        return (
+            self.kind == "encoder"
+            and getattr(self.hf.config, "type_vocab_size", 0) > 1
+            and self.tokenizer.sep_token_id is not None
+        )
+
+    def token_type_ids(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Segment ids [batch, tokens]: 1 after the first separator token, 0 before it and on padding.
+
+        The BERT convention for ``[CLS] A [SEP] B [SEP]`` (single texts: all 0), read off the ids, so that a variant
+        with text tokens deleted or masked (separators are never touched) keeps its segments. Methods that call F on
+        ``inputs_embeds`` pass these ids, computed from the batch's ``input_ids``, as ``token_type_ids``.
+        """
+        if not self.uses_token_types:
+            return torch.zeros_like(input_ids)
+        sep = (input_ids == self.tokenizer.sep_token_id).long()
+        after = (sep.cumsum(1) - sep) > 0
+        if attention_mask is not None:
+            after = after & attention_mask.bool()
+        return after.long()
 
     def position_logits(
         self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, inputs_embeds: Tensor | None = None
@@ -499,9 +582,17 @@ class ExplainedModel(nn.Module):
         return F.linear(hidden, head.weight[self.verbalizer_ids], bias)
 
     def logits(
-        self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, inputs_embeds: Tensor | None = None
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
     ) -> Tensor:
-        """Class logits from ``input_ids`` or ``inputs_embeds``: [batch, classes]."""
+        """Class logits from ``input_ids`` or ``inputs_embeds``: [batch, classes].
+
+        ``token_type_ids`` [batch, tokens] (``token_type_ids()``; only models with ``uses_token_types`` read them):
+        derived from ``input_ids`` when not given; with ``inputs_embeds`` pass them for pairs (default: all 0).
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         inputs_embeds = self._in_model_dtype(inputs_embeds)
@@ -509,15 +600,24 @@ class ExplainedModel(nn.Module):
             ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
             attention_mask = torch.ones(ref.shape, dtype=torch.long, device=ref.device)
         if self.kind == "encoder":
-            return self.hf(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds).logits
+            kw = {}
+            if self.uses_token_types:
+                if token_type_ids is None and input_ids is not None:
+                    token_type_ids = self.token_type_ids(input_ids, attention_mask)
+                kw["token_type_ids"] = token_type_ids
+            return self.hf(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kw).logits
         per_pos = self.position_logits(input_ids, attention_mask, inputs_embeds)
         return per_pos[torch.arange(per_pos.shape[0], device=per_pos.device), last_positions(attention_mask)]
 
     def probs(
-        self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, inputs_embeds: Tensor | None = None
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
     ) -> Tensor:
         """Class probabilities: [batch, classes], rows sum to 1."""
-        return self.logits(input_ids, attention_mask, inputs_embeds).float().softmax(-1)
+        return self.logits(input_ids, attention_mask, inputs_embeds, token_type_ids).float().softmax(-1)
 
     def intermediate_probs(
         self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, inputs_embeds: Tensor | None = None
@@ -533,9 +633,9 @@ class ExplainedModel(nn.Module):
         return tuple(out.attentions)
 
     @torch.no_grad()
-    def predict(self, texts: str | list[str], batch_size: int = 32) -> Tensor:
-        """Class probabilities of raw texts: [batch, classes] on the CPU."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
+    def predict(self, texts: Input | list[Input], batch_size: int = 32) -> Tensor:
+        """Class probabilities of raw texts (or ``TextPair``s): [batch, classes] on the CPU."""
+        texts = [texts] if isinstance(texts, (str, TextPair)) else list(texts)
         out = []
         for i in range(0, len(texts), batch_size):
             enc = self.encode(texts[i : i + batch_size]).to(self.device)
@@ -549,9 +649,24 @@ def last_positions(attention_mask: Tensor) -> Tensor:
     return (attention_mask.bool() * pos).argmax(1)
 
 
-def _cut_to_tokens(text: str, offsets: list[tuple[int, int]]) -> str:
-    end = max((e for _, e in offsets), default=0)
+def _cut_to_tokens(text: str, offsets: list[tuple[int, int]], sequence_ids: list[int | None], sequence: int) -> str:
+    """``text`` up to the end of the last token the tokenizer kept of it (sequence ``sequence`` of the encoding)."""
+    end = max((e for (_, e), s in zip(offsets, sequence_ids) if s == sequence), default=0)
     return text[:end]
+
+
+def _longest_first(counts: list[int], budget: int) -> list[int]:
+    """Tokens kept per part when their ``counts`` exceed ``budget``: a pair loses tokens from its longer part first."""
+    if sum(counts) <= budget:
+        return list(counts)
+    if len(counts) == 1:
+        return [budget]
+    n0, n1 = counts
+    if n0 < n1:
+        k0 = min(n0, budget // 2)
+        return [k0, budget - k0]
+    k1 = min(n1, budget // 2)
+    return [budget - k1, k1]
 
 
 def _read_meta(path: str) -> dict:
