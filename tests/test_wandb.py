@@ -45,14 +45,17 @@ def offline_wandb(monkeypatch, tmp_path):
 
 
 def test_importing_amlx_sets_no_wandb_mode_and_the_train_entry_point_does(monkeypatch):
-    import importlib
+    import subprocess
+    import sys
 
-    import amlx.callbacks
     import amlx.cli
 
     monkeypatch.delenv("WANDB_MODE")
-    importlib.reload(amlx.callbacks)  # what `import amlx.callbacks` runs
-    assert "WANDB_MODE" not in os.environ
+    # a fresh interpreter imports amlx.callbacks (reloading it here would leave other tests' classes stale)
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    code = "import os, amlx.callbacks; print(os.environ.get('WANDB_MODE', 'unset'))"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "unset"  # fmt: skip
     monkeypatch.setattr(amlx.cli, "AmlxCLI", lambda *args, **kwargs: None)  # train.py's main, without a fit
     amlx.cli.main([])
     assert os.environ["WANDB_MODE"] == "offline"
