@@ -41,12 +41,14 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--name", required=True, help="results name (benchmarks/results/<name>.json)")
     ap.add_argument("--config", required=True, help="the train.py config of the run")
     ap.add_argument("--run", default=None, help="the run's label in the table (default: --name)")
+    ap.add_argument("--note", default="", help="what else a reader must know about the run (appended to the notes)")
     args = ap.parse_args(argv)
     rows = epoch_rows(Path(args.metrics_csv), args.run or args.name)
     return write_results(
         args.name, rows, {"config": args.config, "split": "val", "source": args.metrics_csv},
         command="python benchmarks/val_curve.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        notes="Validation metrics after each epoch, as MetricValidation logged them during training.",
+        notes="Validation metrics after each epoch, as MetricValidation logged them during training."
+        + (f" {args.note}" if args.note else ""),
         direction=metric_registry.direction,
     )  # fmt: skip
 
