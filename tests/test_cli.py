@@ -142,3 +142,17 @@ def test_changed_configuration_on_resume_names_what_changed(model_dir, tmp_path,
     assert main(evaluate_argv(model_dir, data, tmp_path / "run", "--seed", "1")) == 2
     line = error_line(capsys)
     assert "was written by a different evaluation configuration (changed: seed)" in line and "out_dir" in line
+
+
+def test_a_misspelt_model_option_is_one_line_before_any_model_loads(no_model_load, tmp_path, capsys):
+    argv = explain_argv("amlx:no-such-model", tmp_path, "--methods", "lime", "--texts", "a",
+                        "--model_options", "{dtpye: bfloat16}")  # fmt: skip
+    assert main(argv) == 2
+    line = error_line(capsys)
+    assert "model_options has no option 'dtpye' (did you mean 'dtype'?)" in line
+    assert "gradient_checkpointing" in line and "mask" in line  # the valid options are listed
+    assert no_model_load == []
+    argv = ["evaluate", "--model", "amlx:no-such-model", "--out_dir", str(tmp_path / "ev"), "--methods", "random",
+            "--model_options", "{maks: pad}"]  # fmt: skip
+    assert main(argv) == 2
+    assert "did you mean 'mask'?" in error_line(capsys) and no_model_load == []

@@ -37,6 +37,7 @@ from amlx.errors import UserError
 from amlx.evaluation import DEFAULT_METRICS, Evaluator
 from amlx.methods.ensemble import Ensemble
 from amlx.models import ExplainedModel, resolve_device
+from amlx.models.explained import check_model_options
 from amlx.pairs import inputs_of
 from amlx.progress import Progress
 from amlx.records import Attribution, load_jsonl, save_jsonl
@@ -166,6 +167,7 @@ def evaluate(
     CPU), ``cpu``, ``cuda`` or ``cuda:N``: the explained model, the methods and the metrics' forward passes run there.
     """
     specs = method_registry.parse_methods(methods, method_options)  # before the model loads: a typo fails fast
+    check_model_options(model_options)
     metric_registry.check_names(metrics)
     out = Path(out_dir)
     explained = ExplainedModel.from_pretrained(model, kind=kind, **(model_options or {})).to(resolve_device(device))

@@ -10,7 +10,7 @@ import torch
 from amlx import methods as method_registry
 from amlx import render
 from amlx.errors import UserError
-from amlx.models.explained import EmptyTextError, ExplainedModel, resolve_device
+from amlx.models.explained import EmptyTextError, ExplainedModel, check_model_options, resolve_device
 from amlx.pairs import Input, inputs_of
 from amlx.progress import Progress
 from amlx.records import Attribution, load_jsonl, save_jsonl
@@ -110,6 +110,7 @@ def explain(
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
     specs = method_registry.parse_methods(methods, method_options)  # before the model loads: a typo fails fast
+    check_model_options(model_options)
     batch, ids, labels = load_texts(texts, file, dataset, split, n, seed, data)
     explained = ExplainedModel.from_pretrained(model, kind=kind, **(model_options or {})).to(resolve_device(device))
     out = Path(out_dir)

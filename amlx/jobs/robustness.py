@@ -23,6 +23,7 @@ from amlx.data import data_from_options
 from amlx.jobs.evaluate import _done_indices, summarize
 from amlx.methods.base import differentiable_names, method_label
 from amlx.models import ExplainedModel, resolve_device
+from amlx.models.explained import check_model_options
 from amlx.pairs import inputs_of
 from amlx.results import write_results
 
@@ -84,6 +85,7 @@ def robustness(
     for obj in objectives:
         TopKAttack(objective=obj, **attack)  # validates the options before any model is loaded
     out = Path(out_dir)
+    check_model_options(model_options)
     explained = ExplainedModel.from_pretrained(model, kind=kind, **(model_options or {})).to(resolve_device(device))
     table = data_from_options(dataset, seed, data, labels=explained.labels).split(split)
     n = min(n, len(table))

@@ -672,3 +672,28 @@ def _longest_first(counts: list[int], budget: int) -> list[int]:
 def _read_meta(path: str) -> dict:
     p = Path(path) / META_FILE
     return json.loads(p.read_text()) if p.exists() else {}
+
+
+class ModelOptionsError(UserError, ValueError):
+    """``model_options`` names an option ``ExplainedModel.from_pretrained`` does not take (a typo, usually)."""
+
+
+# what a job's ``model_options`` may hold: from_pretrained's options except the model name and ``kind`` (its own
+# job argument); read once here, so a test that replaces from_pretrained does not change it
+MODEL_OPTIONS = tuple(
+    p for p in __import__("inspect").signature(ExplainedModel.from_pretrained).parameters if p not in ("name", "kind")
+)
+
+
+def check_model_options(options: dict | None) -> None:
+    """Refuse unknown ``model_options`` keys before any model loads, naming the valid ones (and the likely one)."""
+    import difflib
+
+    for key in options or {}:
+        if key not in MODEL_OPTIONS:
+            close = difflib.get_close_matches(str(key), MODEL_OPTIONS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ModelOptionsError(
+                f"model_options has no option {key!r}{hint}; the explained model's options are: "
+                + ", ".join(MODEL_OPTIONS)
+            )
