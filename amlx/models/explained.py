@@ -12,6 +12,7 @@ batched equals unbatched.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import warnings
@@ -681,7 +682,7 @@ class ModelOptionsError(UserError, ValueError):
 # what a job's ``model_options`` may hold: from_pretrained's options except the model name and ``kind`` (its own
 # job argument); read once here, so a test that replaces from_pretrained does not change it
 MODEL_OPTIONS = tuple(
-    p for p in __import__("inspect").signature(ExplainedModel.from_pretrained).parameters if p not in ("name", "kind")
+    p for p in inspect.signature(ExplainedModel.from_pretrained).parameters if p not in ("name", "kind")
 )
 
 
