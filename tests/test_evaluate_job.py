@@ -216,3 +216,91 @@ def test_rows_of_a_replaced_checkpoint_are_refused_on_resume_not_reused(setup, f
         evaluate(out_dir=str(tmp_path / "run"), **kw)
     fresh = evaluate(out_dir=str(tmp_path / "fresh"), **kw)
     assert [r["comp"] for r in fresh["per_example"]["fw"]] != [r["comp"] for r in first["per_example"]["fw"]]
+
+
+def _cut(path, keep_lines: int, extra: bytes = b"") -> None:
+    """Keep the first ``keep_lines`` lines of ``path``, then ``extra`` (e.g. half of the next line: a torn write)."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:keep_lines]) + extra)
+
+
+def _assert_clean_and_equal(out, full, kw) -> None:
+    """Every line parses, each method's files hold each example once, and the table equals the uninterrupted one."""
+    resumed = json.loads((out / "table.json").read_text())["rows"]
+    want = {(r["method"], r["metric"]): r["mean"] for r in full["rows"]}
+    assert {(r["method"], r["metric"]): r["mean"] for r in resumed} == pytest.approx(want, abs=1e-12)
+    for method in kw["methods"]:
+        for sub in ("scores", "attributions"):
+            raw = (out / sub / f"{method}.jsonl").read_bytes()
+            assert raw.endswith(b"\n")
+            ids = [json.loads(line)["example_id"] for line in raw.splitlines()]  # every line is whole JSON
+            assert sorted(ids, key=int) == [str(i) for i in range(kw["n"])]  # no example lost or duplicated
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["records_without_scores", "chunk_cut_short", "torn_score_line", "torn_record_line", "torn_both"],
+)
+def test_a_kill_at_any_write_leaves_files_a_resume_completes_without_loss_or_duplicates(setup, damage):
+    """The states a SIGKILL can leave (records appended first, then the chunk's score rows in one write)."""
+    tmp_path, kw = setup
+    full = evaluate(out_dir=str(tmp_path / "full"), **kw)  # chunks [0,3) [3,6) [6,7)
+    out = tmp_path / damage
+    evaluate(out_dir=str(out), **kw)
+    for method in kw["methods"]:
+        scores, recs = out / "scores" / f"{method}.jsonl", out / "attributions" / f"{method}.jsonl"
+        next_score = scores.read_bytes().splitlines(keepends=True)[4]
+        next_rec = recs.read_bytes().splitlines(keepends=True)[6]
+        if damage == "records_without_scores":  # killed between the chunk [3,6)'s two appends
+            _cut(scores, 3)
+            _cut(recs, 6)
+        elif damage == "chunk_cut_short":  # the chunk's score write stopped after one of its three rows
+            _cut(scores, 4)
+            _cut(recs, 6)
+        elif damage == "torn_score_line":
+            _cut(scores, 4, next_score[: len(next_score) // 2])
+            _cut(recs, 6)
+        elif damage == "torn_record_line":  # killed inside the records append of chunk [6,7)
+            _cut(scores, 6)
+            _cut(recs, 6, next_rec[:100])
+        else:
+            _cut(scores, 3, next_score[:7])
+            _cut(recs, 4, next_rec[:50])
+    evaluate(out_dir=str(out), **kw)
+    _assert_clean_and_equal(out, full, kw)
+
+
+def test_sigkill_at_random_instants_then_resume_ends_with_the_uninterrupted_table(setup):
+    """Five SIGKILLs of a real evaluate process at random instants of its run; the last resume completes it."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tmp_path, kw = setup
+    kw = {**kw, "n": 8, "chunk_size": 1, "methods": ["random", "occlusion"]}
+    full = evaluate(out_dir=str(tmp_path / "full"), **kw)
+    out = tmp_path / "killed"
+    code = f"from amlx.jobs.evaluate import evaluate; evaluate(out_dir={str(out)!r}, **{kw!r})"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=tmp_path, capture_output=True)
+    span = time.perf_counter() - t0  # import + the whole run: the kills fall inside it
+    for sub in ("scores", "attributions"):
+        for f in (out / sub).iterdir():
+            f.unlink()
+    rng = random.Random(0)
+    killed = 0
+    for _ in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        time.sleep(rng.uniform(0.5, 1.0) * span)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.wait()
+    assert killed >= 3  # most attempts were cut short (a resumed run has less left to do)
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=tmp_path, capture_output=True)
+    _assert_clean_and_equal(out, full, kw)

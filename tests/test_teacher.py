@@ -196,3 +196,53 @@ def test_faml_from_an_amortized_attributor_needs_and_uses_its_own_lambdas(assets
         want = aml_loss(att.explained, res.enc, res.maps[:, s], y, (1.0, 0.5, 2.0))["loss"]
         torch.testing.assert_close(res.losses[:, s], want, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(res.maps[:, 0], res.maps[:, 2])  # the non-zero loss moved the maps
+
+
+def test_sharded_explain_runs_concatenate_to_the_unsharded_run(assets, tmp_path):
+    """``start`` splits one teacher run over processes: the shards' files, concatenated, hold the same records."""
+    from amlx.jobs.explain import TextSourceError
+
+    kw = dict(model=assets["explained"], methods=["occlusion", "random"], dataset=assets["data"], split="train",
+              data={"val_size": 8, "test_size": 4}, html=False, terminal=False, chunk_size=3)  # fmt: skip
+    whole = explain(**kw, n=10, out_dir=str(tmp_path / "whole"))
+    first = explain(**kw, n=6, out_dir=str(tmp_path / "a"))
+    second = explain(**kw, n=100, start=6, out_dir=str(tmp_path / "b"))  # n past the end: the split's last row
+    n_train = len(TextClassificationData(dataset=assets["data"], val_size=8, test_size=4, seed=0).split("train"))
+    assert len(second) == 2 * (n_train - 6)
+    merged = {(r.method, r.example_id): r for r in first + second}
+    for r in whole:
+        got = merged[r.method, r.example_id]
+        assert got.text == r.text and got.meta["model"] == r.meta["model"]
+        if r.method == "occlusion":  # deterministic; random draws per call from its own seed
+            np.testing.assert_allclose(got.scores, r.scores, atol=1e-5)
+    assert {r.example_id for r in second}.isdisjoint({r.example_id for r in first})
+    with pytest.raises(TextSourceError, match="start=10000 is outside"):
+        explain(**kw, n=3, start=10000, out_dir=str(tmp_path / "c"))
+    with pytest.raises(TextSourceError, match="dataset split only"):
+        explain(model=assets["explained"], methods=["random"], texts=["a b"], start=1, out_dir=str(tmp_path / "d"))
+
+
+def test_init_from_starts_from_a_checkpoints_weights_and_its_own_checkpoint_reloads_without_that_file(assets, tmp_path):
+    from amlx.attributors.aml import ExplainedMismatchError
+
+    source = attributor(assets, lambda_teacher=1.0)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        source.head[2].bias.fill_(0.7)
+        source.class_embeddings.normal_()
+    trainer = __import__("lightning").pytorch.Trainer(logger=False, enable_checkpointing=False, max_epochs=0)
+    trainer.strategy.connect(source)
+    trainer.save_checkpoint(tmp_path / "source.ckpt")
+    warm = attributor(assets, lambda_teacher=2.0, lambda_p=0.5, init_from=str(tmp_path / "source.ckpt"))
+    for (k, a), b in zip(source.state_dict().items(), warm.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+    assert warm.hparams.lambda_teacher == 2.0 and warm.hparams.lambda_p == 0.5  # this run's arguments, not the file's
+    texts = ["A good movie, a good cast.", "Terrible pacing."]
+    torch.testing.assert_close(warm.attribute(texts), source.attribute(texts))
+    trainer.strategy.connect(warm)
+    trainer.save_checkpoint(tmp_path / "warm.ckpt")
+    (tmp_path / "source.ckpt").unlink()
+    again = AMLAttributor.from_checkpoint(str(tmp_path / "warm.ckpt"), explained=warm.explained)
+    torch.testing.assert_close(again.attribute(texts), source.attribute(texts))
+    with pytest.raises(ExplainedMismatchError, match="classes"):
+        AMLAttributor(backbone=assets["backbone"], num_labels=3, init_from=str(tmp_path / "warm.ckpt"))

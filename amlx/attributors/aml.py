@@ -178,6 +178,8 @@ class AMLAttributor(L.LightningModule):
     Metric-consistent training: ``hard_topk`` (fractions, e.g. the metrics' k's [0.01, 0.05, 0.1, 0.2, 0.5]) makes
     every training step mask F's input with the hard top-k of a for one k drawn from the list, straight-through
     (``aml_loss(hard_k=...)``); validation and fAML keep the soft masks.
+    Warm start: ``init_from`` (a checkpoint path or ``amlx:`` name) loads another AML checkpoint's weights before
+    training (same backbone and explained model); a checkpoint of this run reloads without that file.
     """
 
     def __init__(
@@ -200,6 +202,7 @@ class AMLAttributor(L.LightningModule):
         teacher_loss: str = "zmse",
         teacher_temperature: float = 1.0,
         hard_topk: list[float] | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
@@ -242,6 +245,8 @@ class AMLAttributor(L.LightningModule):
         if freeze_word_embeddings:
             self.backbone.get_input_embeddings().weight.requires_grad_(False)
         self.max_length = self._max_length(max_length)
+        if init_from:
+            self.init_weights_from(init_from)
         self.train()  # from_pretrained leaves the backbone in eval mode; Lightning keeps modules' modes
 
     def _max_length(self, requested: int) -> int:
@@ -477,6 +482,19 @@ class AMLAttributor(L.LightningModule):
         if self._frozen.model is not None:
             _refuse_mismatch(self._expected, self._frozen.identity)
 
+    def init_weights_from(self, name: str) -> None:
+        """Start from the weights of another AML checkpoint (``init_from``: a path or an ``amlx:`` name), e.g. an
+        amortized attributor trained further with more teacher rows or with the AML terms switched on. Its attributor
+        tokenizer and explained model must be this one's; λ's, lr and the rest come from this run's arguments."""
+        ckpt = torch.load(resolve_checkpoint(name), map_location="cpu", weights_only=True)
+        self.on_load_checkpoint(ckpt)  # refuses another backbone tokenizer, and (once F is attached) another F
+        if ckpt[CHECKPOINT_KEY]["explained"]["num_labels"] != self.class_embeddings.shape[0] - 1:
+            raise ExplainedMismatchError(
+                f"init_from={name!r} was trained for {ckpt[CHECKPOINT_KEY]['explained']['num_labels']} classes, "
+                f"this attributor has {self.class_embeddings.shape[0] - 1}"
+            )
+        self.load_state_dict(ckpt["state_dict"])
+
     @classmethod
     def from_checkpoint(cls, path: str, explained=None, map_location: str | torch.device = "cpu") -> AMLAttributor:
         """Load a checkpoint (a path or an ``amlx:`` name, see ``checkpoint_path``) with ``torch.load(weights_only=True)``;
@@ -485,6 +503,7 @@ class AMLAttributor(L.LightningModule):
         # LightningCLI adds "_class_path" / "_instantiator" to the hyperparameters; they are not arguments
         hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
         hp["num_labels"] = ckpt[CHECKPOINT_KEY]["explained"]["num_labels"]  # so F is loaded lazily, or attached
+        hp["init_from"] = None  # the state dict below replaces those weights: the file need not exist here
         model = cls(**hp)
         model.on_load_checkpoint(ckpt)
         model.load_state_dict(ckpt["state_dict"])

@@ -6,7 +6,10 @@ values to ``<out_dir>/scores/<method>.jsonl`` (flushed per chunk; with each metr
 ``"curves": {"aopc_comp": [[1, Comp(1)], [5, Comp(5)], ...]}``, for metrics that average a curve). A re-run with the same arguments skips the
 chunks already on disk, so an interrupted run resumes without recomputing finished examples. Methods that
 take a ``seed`` are seeded per chunk (``seed + first example index``), so a resumed run equals an
-uninterrupted one. The table (mean, 95% CI, seconds per example) is written as ``<out_dir>/table.{json,md}``
+uninterrupted one. A chunk is committed by its score rows (each names its chunk; records are appended first, the
+scores in one write): after a kill at any instant, ``_recover`` drops a torn line, a chunk's score rows cut short and
+records without committed scores, so a resumed run neither loses a committed example nor duplicates a line.
+The table (mean, 95% CI, seconds per example) is written as ``<out_dir>/table.{json,md}``
 and, with ``results_name``, to ``benchmarks/results/<results_name>.{json,md}``.
 
 Ensembles (``ensemble`` method) run after the other methods. A member that the run also evaluates with the same name
@@ -16,6 +19,7 @@ computed per chunk exactly as if they were evaluated (same seeding), so both way
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import inspect
@@ -85,6 +89,57 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:  # size, mtime_ns:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _complete_lines(path: Path) -> list[bytes]:
+    """The file's whole lines; a torn last line (a write killed midway) is not one."""
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    return raw[: raw.rfind(b"\n") + 1].splitlines(keepends=True)
+
+
+def _rewrite(path: Path, lines: list[bytes]) -> None:
+    """Replace ``path`` by ``lines`` atomically: a temporary file in the same folder, fsynced, then renamed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        f.writelines(lines)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _recover(scores_path: Path, records_path: Path) -> None:
+    """Make one method's two files agree after a kill at any instant, before resuming.
+
+    A chunk is committed when all its score rows are on disk: each row names its chunk ``[start, stop)``, and the
+    records are appended before the scores. So a torn last line, the score rows of a chunk cut short, and records
+    without committed scores (a kill between the two appends) are all dropped here, each file rewritten atomically;
+    the resumed run recomputes exactly those chunks. Nothing committed is lost, and no line is duplicated.
+    """
+    lines = _complete_lines(scores_path)
+    rows = [json.loads(line) for line in lines]
+    per_chunk = collections.Counter(tuple(r["chunk"]) for r in rows if "chunk" in r)
+    kept, seen = [], set()
+    for line, r in zip(lines, rows):
+        whole = "chunk" not in r or per_chunk[tuple(r["chunk"])] == r["chunk"][1] - r["chunk"][0]
+        if whole and r["index"] not in seen:
+            seen.add(r["index"])
+            kept.append((line, r))
+    if scores_path.exists() and (len(kept) < len(lines) or scores_path.stat().st_size != sum(map(len, lines))):
+        log.warning("%s: dropped %d uncommitted rows left by an interrupted run", scores_path, len(lines) - len(kept))
+        _rewrite(scores_path, [line for line, _ in kept])
+    committed = {r["example_id"] for _, r in kept}
+    rec_lines = _complete_lines(records_path)
+    rec_kept, rec_seen = [], set()
+    for line in rec_lines:
+        eid = json.loads(line).get("example_id")
+        if eid in committed and eid not in rec_seen:
+            rec_seen.add(eid)
+            rec_kept.append(line)
+    if records_path.exists() and (len(rec_kept) < len(rec_lines) or records_path.stat().st_size != sum(map(len, rec_lines))):
+        log.warning("%s: dropped %d records without committed scores", records_path, len(rec_lines) - len(rec_kept))
+        _rewrite(records_path, rec_kept)
 
 
 def _done_indices(scores_path: Path, config_key: str, digest: str | None = None) -> dict[int, dict]:
@@ -227,6 +282,7 @@ def evaluate(
         scores_path = out / "scores" / f"{label}.jsonl"
         records_path = out / "attributions" / f"{label}.jsonl"
         digest = checkpoint_digest(opts)
+        _recover(scores_path, records_path)
         done = _done_indices(scores_path, config_key, digest)
         probe = method_registry.get(name, **opts)
         variant = getattr(probe, "variant", "") or ""
@@ -250,16 +306,18 @@ def evaluate(
                 t0 = time.perf_counter()
                 values = evaluator.evaluate(recs)
                 eval_sec = (time.perf_counter() - t0) / len(recs)
-                save_jsonl(recs, records_path, append=True)
+                save_jsonl(recs, records_path, append=True)  # records first: the score rows commit the chunk
                 scores_path.parent.mkdir(parents=True, exist_ok=True)
-                with scores_path.open("a") as f:
-                    for j, (i, r) in enumerate(zip(idx, recs)):
-                        row = {"index": i, "example_id": ids[i], "config": config_key,
+                lines = []
+                for j, (i, r) in enumerate(zip(idx, recs)):
+                    row = {"index": i, "example_id": ids[i], "chunk": [idx[0], idx[-1] + 1], "config": config_key,
                                **({"checkpoint_sha256": digest} if digest else {}), "seconds": r.seconds,
                                "eval_seconds": eval_sec, **{m: float(values[m][j]) for m in metric_names},
-                               "curves": {m: points[j] for m, points in evaluator.curves.items()}}  # fmt: skip
-                        f.write(json.dumps(row) + "\n")
-                        done[i] = row
+                           "curves": {m: points[j] for m, points in evaluator.curves.items()}}  # fmt: skip
+                    lines.append(json.dumps(row) + "\n")
+                    done[i] = row
+                with scores_path.open("a") as f:
+                    f.write("".join(lines))  # one write; a kill midway leaves a short chunk, dropped on resume
                 bar.update(len(idx))
         kept = [done[i] for i in range(n)]
         per_method[label] = kept

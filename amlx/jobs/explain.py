@@ -24,7 +24,7 @@ class TextSourceError(UserError, ValueError):
 
 def load_texts(
     texts: list[str] | None, file: str | None, dataset: str | None, split: str, n: int, seed: int,
-    data: dict | None = None,
+    data: dict | None = None, start: int = 0,
 ) -> tuple[list[Input], list[str], list[int | None]]:
     """(texts, example ids, gold labels or None) from exactly one source: a list, a text file, or a dataset split.
 
@@ -55,7 +55,11 @@ def load_texts(
     from amlx.data import data_from_options
 
     rows = data_from_options(dataset, seed, data).split(split)
-    rows = rows.select(range(min(n, len(rows))))
+    if start < 0 or start >= len(rows):
+        raise TextSourceError(
+            f"start={start} is outside the {split} split of {dataset} ({len(rows)} rows); give 0 ≤ start < {len(rows)}"
+        )
+    rows = rows.select(range(start, min(start + n, len(rows))))
     return inputs_of(rows), [f"{dataset}/{split}/{i}" for i in rows["index"]], list(rows["label"])
 
 
@@ -78,6 +82,7 @@ def explain(
     device: str = "auto",
     data: dict | None = None,
     chunk_size: int | None = None,
+    start: int = 0,
 ) -> list[Attribution]:
     """Explain the model's predictions on the given texts with each method; save ``attributions.jsonl`` (+ ``.html``).
 
@@ -91,6 +96,10 @@ def explain(
             ``amlx.data.TextClassificationData(dataset=..., seed=seed)`` are explained.
         split: dataset split (train | val | test).
         n: number of dataset rows.
+        start: the first dataset row (rows ``start`` .. ``start + n - 1``): shards of one long run (teacher maps)
+            go to separate ``out_dir``s, possibly on separate machines, and their ``attributions.jsonl`` files are
+            concatenated afterwards (ids are the dataset rows, so shards never collide). Each chunk seeds torch with
+            ``seed`` + the dataset row of its first text.
         seed: the data module's split seed.
         method_options: per method name, keyword options for its constructor, e.g. ``{"lime": {"n_samples": 500}}``
             (checked against the constructor before the model loads).
@@ -111,7 +120,9 @@ def explain(
         raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
     specs = method_registry.parse_methods(methods, method_options)  # before the model loads: a typo fails fast
     check_model_options(model_options)
-    batch, ids, labels = load_texts(texts, file, dataset, split, n, seed, data)
+    if start and dataset is None:
+        raise TextSourceError(f"start={start} applies to a dataset split only; texts and files start at their first line")
+    batch, ids, labels = load_texts(texts, file, dataset, split, n, seed, data, start)
     explained = ExplainedModel.from_pretrained(model, kind=kind, **(model_options or {})).to(resolve_device(device))
     out = Path(out_dir)
     path = out / "attributions.jsonl"
@@ -125,7 +136,7 @@ def explain(
         with Progress(len(batch), key, enabled=bool(chunk_size), initial=len(batch) - len(todo)) as bar:
             for start in range(0, len(todo), size):
                 rows = todo[start : start + size]
-                torch.manual_seed(seed + rows[0])  # a resumed run draws what an uninterrupted one drew for this chunk
+                torch.manual_seed(seed + start + rows[0])  # a resumed run draws what an uninterrupted one drew for this chunk
                 recs = method.attribute(explained.encode([batch[i] for i in rows]), explained, target=target)
                 for r, i in zip(recs, rows):
                     r.example_id = ids[i]
