@@ -84,22 +84,26 @@ def render_markdown(record: dict, direction: Callable[[str], str | None] | None 
     lines += ["", "Setup: " + ", ".join(f"{k}={v}" for k, v in record["setup"].items()), ""]
     rows = record["rows"]
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
-    extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in ("method", "variant", "metric", "mean", "label")]
+    lead = ["model"] if any("model" in r for r in rows) else []  # a comparison across explained models (compare)
+    extra = [k for k in dict.fromkeys(k for r in rows for k in r)
+             if k not in ("model", "method", "variant", "metric", "mean", "label")]  # fmt: skip
     for metric in metrics:
         mrows = [r for r in rows if r["metric"] == metric]
         d = direction(metric) if direction else None
-        best = None
-        vals = [r["mean"] for r in mrows if isinstance(r.get("mean"), (int, float))]
-        if d and vals:
-            best = max(vals) if d == "higher" else min(vals)
+        best, group = {}, (lambda r: r.get("model"))  # the best mean per model (per table without a model column)
+        for g in dict.fromkeys(map(group, mrows)):
+            vals = [r["mean"] for r in mrows if group(r) == g and isinstance(r.get("mean"), (int, float))]
+            if d and len(vals) > 1:
+                best[g] = max(vals) if d == "higher" else min(vals)
         arrow = {"higher": " (higher is better)", "lower": " (lower is better)"}.get(d, "")
-        lines += [f"## {metric}{arrow}", "", "| method | variant | mean | " + " | ".join(extra) + " |"]
-        lines.append("|" + "---|" * (3 + len(extra)))
+        lines += [f"## {metric}{arrow}", "", "| " + "".join(f"{k} | " for k in lead) + "method | variant | mean | "
+                  + " | ".join(extra) + " |"]  # fmt: skip
+        lines.append("|" + "---|" * (len(lead) + 3 + len(extra)))
         for r in mrows:
             mean = _fmt(r.get("mean"))
-            if best is not None and r.get("mean") == best and len(mrows) > 1:
+            if group(r) in best and r.get("mean") == best[group(r)]:
                 mean = f"**{mean}**"
-            cells = [r["method"], r.get("variant", ""), mean] + [_fmt(r.get(k)) for k in extra]
+            cells = [*(_fmt(r.get(k)) for k in lead), r["method"], r.get("variant", ""), mean, *(_fmt(r.get(k)) for k in extra)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     if record.get("notes"):

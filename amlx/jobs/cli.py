@@ -1,4 +1,5 @@
-"""``explain.py``'s command line: ``main``, ``evaluate``, ``explain``, ``report``, ``robustness`` as a person types them.
+"""``explain.py``'s command line: ``main``, ``evaluate``, ``explain``, ``report``, ``robustness``, ``compare`` as a person
+types them.
 
 A list option takes one or more plain values (``--texts "A great film"``, ``--texts "a" "b"``,
 ``--methods lime occlusion``) as well as jsonargparse's forms (``--texts '["a", "b"]'``, ``--texts+ a``).
@@ -18,6 +19,7 @@ import yaml
 from jsonargparse import CLI
 
 from amlx.errors import run_cli
+from amlx.jobs.compare import compare
 from amlx.jobs.evaluate import evaluate
 from amlx.jobs.explain import explain
 from amlx.jobs.robustness import robustness
@@ -25,7 +27,7 @@ from amlx.main_job import main as main_job
 from amlx.report import report
 
 COMMANDS: dict[str, Callable] = {"main": main_job, "evaluate": evaluate, "explain": explain, "report": report,
-                                 "robustness": robustness}  # fmt: skip
+                                 "robustness": robustness, "compare": compare}  # fmt: skip
 
 
 def _is_str_list(hint) -> bool:
