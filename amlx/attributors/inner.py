@@ -1,0 +1,73 @@
+"""The inner Lightning run of a per-instance optimization (MaRC, fAML): one batch of instances, a lean Trainer.
+
+The LightningModule of a batch owns ``training_step`` and ``configure_optimizers`` and returns ``Repeat(batch,
+steps)`` as its ``train_dataloader``: the same batch of instances once per step, so ``Trainer(max_epochs=1)`` runs
+exactly ``steps`` optimizer steps (fewer when the module sets ``trainer.should_stop``). ``Repeat`` is a plain
+iterable, not a ``DataLoader``: creating a DataLoader iterator draws a seed from torch's global generator, and these
+runs must leave it where it was. The Trainer is lean (no checkpoints, logger, progress bar or model summary, and
+Lightning's start-up messages silenced); ``options`` (e.g. ``{"precision": "bf16-mixed", "gradient_clip_val":
+1.0}`` or ``callbacks``) are passed to it as given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+
+import lightning as L
+import torch
+
+LEAN = {"enable_checkpointing": False, "logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+_QUIET = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero", "lightning.pytorch.accelerators.cuda")
+
+
+class Repeat:
+    """The one batch ``batch``, ``times`` times: the inner run's training data (one optimizer step each)."""
+
+    def __init__(self, batch: dict, times: int) -> None:
+        self.batch, self.times = batch, times
+
+    def __len__(self) -> int:
+        return self.times
+
+    def __iter__(self) -> Iterator[dict]:
+        return (self.batch for _ in range(self.times))
+
+
+def trainer_for(device: torch.device, **options) -> L.Trainer:
+    """A lean Trainer on ``device`` (the explained model's) for one epoch of ``Repeat``; ``options`` override."""
+    if device.type == "cuda":
+        where = {"accelerator": "gpu", "devices": [device.index or 0]}
+    else:
+        where = {"accelerator": device.type, "devices": 1}
+    return L.Trainer(**{**where, "max_epochs": 1, "num_sanity_val_steps": 0, **LEAN, **options})
+
+
+def fit(module: L.LightningModule, device: torch.device, options: dict | None = None) -> None:
+    """``trainer_for(device, **options).fit(module)`` without Lightning's per-call start-up and stop messages."""
+    with quiet():
+        trainer_for(device, **(options or {})).fit(module)
+
+
+def watched(trainer: L.Trainer) -> bool:
+    """Whether anything reads logged values (a callback or a logger): logging costs about a millisecond a step."""
+    return bool(trainer.callbacks or trainer.loggers)
+
+
+@contextlib.contextmanager
+def quiet():
+    """Lightning's INFO lines (accelerator summary, "max_steps reached") and its pytree deprecation warning off inside."""
+    loggers = [logging.getLogger(name) for name in _QUIET]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            # lightning 2.6 on torch ≥ 2.10 warns on every batch transfer; the call is Lightning's, not ours
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
