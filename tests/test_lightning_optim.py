@@ -7,11 +7,13 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from transformers import AutoModel
 
 from amlx import methods
+from amlx.attributors.faml import FAML, FAMLModule
 from amlx.attributors.marc import MaRC, MaRCModule
 from tests import reference_loops
-from tests.tiny import TEXTS
+from tests.tiny import TEXTS, tiny_config, tiny_explained, tiny_tokenizer
 
 LEAN = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
 EQUAL = 1e-6  # "equal to today's": the same operations in the same order, so float32 rounding at most
@@ -64,7 +66,7 @@ def test_marc_module_fits_on_a_users_own_trainer_like_the_method(explained):
     marc = methods.get("marc", steps=20, seed=1)
     module = marc.module(["a good movie", "the plot was slow"], model)
     assert isinstance(module, MaRCModule) and isinstance(module, L.LightningModule)
-    L.Trainer(max_epochs=1, accelerator="cpu", **LEAN).fit(module)
+    L.Trainer(max_epochs=20, accelerator="cpu", **LEAN).fit(module)
     lam = module.result().token_mask  # [texts, tokens]
     recs = methods.get("marc", steps=20, seed=1).attribute(["a good movie", "the plot was slow"], model)
     enc = model.encode(["a good movie", "the plot was slow"])
@@ -72,3 +74,69 @@ def test_marc_module_fits_on_a_users_own_trainer_like_the_method(explained):
         expected = lam[b, : len(rec)].double() * enc.attributable[b, : len(rec)]
         assert (torch.as_tensor(rec.scores) - expected).abs().max() <= EQUAL
     assert module.result().steps.max() <= 20 and isinstance(MaRC().changed(), dict)
+
+
+# ------------------------------------------------------------------------------------------------------ fAML
+@pytest.fixture(scope="module")
+def attributor(tmp_path_factory):
+    """A tiny AML attributor (BERT backbone) explaining a tiny RoBERTa classifier, as in tests/test_aml.py."""
+    from tests.test_aml import make_attributor
+
+    path = tmp_path_factory.mktemp("backbone")
+    tok = tiny_tokenizer("bert")
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_config("bert", tok)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return make_attributor(str(path), tiny_explained("roberta", "encoder"))
+
+
+def hand_written(monkeypatch):
+    """Make ``FAML`` run its per-instance copies with the old hand-written Adam loop instead of a Trainer."""
+    monkeypatch.setattr(FAML, "_run", lambda self, module: reference_loops.faml_optimize(
+        self, module.run_forward, list(module.tuned)))  # fmt: skip
+
+
+@pytest.mark.parametrize(("params", "lr", "parallel", "selection"), [
+    ("head", 1e-2, None, "loss"), ("all", 1e-3, 2, "last"), ("all", 1e-3, 1, "loss"), ("lora", 1e-2, None, "loss"),
+])  # fmt: skip
+def test_faml_copies_under_lightning_equal_the_hand_written_loop(attributor, monkeypatch, params, lr, parallel, selection):
+    texts = list(TEXTS)
+    faml = FAML(attributor, steps=3, params=params, lr=lr, parallel=parallel, selection=selection)
+    torch.manual_seed(0)  # LoRA draws its adapter's initial A from torch's global generator
+    new = faml.attribute(texts)
+    with monkeypatch.context() as m:
+        hand_written(m)
+        torch.manual_seed(0)
+        old = FAML(attributor, steps=3, params=params, lr=lr, parallel=parallel, selection=selection).attribute(texts)
+    assert new.maps.shape == old.maps.shape == (len(texts), 4, new.enc.input_ids.shape[1])
+    assert (new.maps - old.maps).abs().max() <= EQUAL and (new.losses - old.losses).abs().max() <= EQUAL
+    assert torch.equal(new.step, old.step) and (new.scores - old.scores).abs().max() <= EQUAL
+    assert not torch.allclose(new.maps[:, -1], new.maps[:, 0])  # the steps moved the maps
+
+
+def test_faml_module_fits_on_a_users_own_trainer_like_attribute(attributor):
+    """The docs/aml.md snippet: the per-instance copies of your own texts, fitted by a Trainer you configure."""
+    faml = FAML(attributor, steps=3, params="head", lr=1e-2)
+    module = faml.module(["a good movie", "the plot was slow"])
+    assert isinstance(module, FAMLModule) and isinstance(module, L.LightningModule)
+    L.Trainer(max_epochs=faml.steps, accelerator="cpu", **LEAN).fit(module)
+    res = faml.result(module)
+    same = FAML(attributor, steps=3, params="head", lr=1e-2).attribute(["a good movie", "the plot was slow"])
+    assert res.maps.shape[1] == 4 and (res.maps - same.maps).abs().max() <= EQUAL
+    assert torch.equal(res.step, same.step)
+    assert not attributor.training and not attributor.explained.training
+    with pytest.raises(ValueError, match="attribute"):
+        FAML(attributor, steps=1, params="lora").module(["a good movie"])
+
+
+def test_faml_inner_trainer_takes_lightning_options_and_callbacks(attributor):
+    """``trainer`` options reach the inner Trainer: an EarlyStopping on the logged loss ends the run early."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    stop = EarlyStopping(monitor="loss", patience=1, min_delta=1e9)  # an epoch is a step: checked after each
+    res = FAML(attributor, steps=6, params="head", lr=1e-2, trainer={"callbacks": [stop]}).attribute(["a good movie"])
+    assert res.maps.shape[1] == 3  # stopped after the second step (no improvement by 1e9): 2 steps, 3 records
+    marc = methods.get("marc", steps=30, patience=None, trainer={"callbacks": [EarlyStopping("loss", patience=1,
+                                                                                              min_delta=1e9)]})
+    marc.attribute(["a good movie"], tiny_explained("bert", "encoder"))
+    assert marc.last_fit.steps.tolist() == [2]

@@ -1,10 +1,12 @@
 """The inner Lightning run of a per-instance optimization (MaRC, fAML): one batch of instances, a lean Trainer.
 
-The LightningModule of a batch owns ``training_step`` and ``configure_optimizers`` and returns ``Repeat(batch,
-steps)`` as its ``train_dataloader``: the same batch of instances once per step, so ``Trainer(max_epochs=1)`` runs
-exactly ``steps`` optimizer steps (fewer when the module sets ``trainer.should_stop``). ``Repeat`` is a plain
-iterable, not a ``DataLoader``: creating a DataLoader iterator draws a seed from torch's global generator, and these
-runs must leave it where it was. The Trainer is lean (no checkpoints, logger, progress bar or model summary, and
+The LightningModule of a batch owns ``training_step`` and ``configure_optimizers`` and returns ``Repeat(batch)`` as
+its ``train_dataloader``: the one batch of instances, once per epoch, so an epoch is one optimizer step and
+``Trainer(max_epochs=steps)`` runs ``steps`` of them (fewer when the module or a callback sets
+``trainer.should_stop``). Epoch-level Lightning tools then act per step: ``EarlyStopping(monitor="loss")`` and
+epoch-interval LR schedulers read the loss the module logs when a callback or logger is attached (a lean run does
+not log: about a millisecond a step). ``Repeat`` is a plain iterable, not a ``DataLoader``: creating a DataLoader
+iterator draws a seed from torch's global generator, and these runs must leave it where it was. The Trainer is lean (no checkpoints, logger, progress bar or model summary, and
 Lightning's start-up messages silenced); ``options`` (e.g. ``{"precision": "bf16-mixed", "gradient_clip_val":
 1.0}`` or ``callbacks``) are passed to it as given.
 """
@@ -24,9 +26,9 @@ _QUIET = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.r
 
 
 class Repeat:
-    """The one batch ``batch``, ``times`` times: the inner run's training data (one optimizer step each)."""
+    """The one batch ``batch``, ``times`` times (one optimizer step each): the inner run's training data."""
 
-    def __init__(self, batch: dict, times: int) -> None:
+    def __init__(self, batch: dict, times: int = 1) -> None:
         self.batch, self.times = batch, times
 
     def __len__(self) -> int:
@@ -36,19 +38,19 @@ class Repeat:
         return (self.batch for _ in range(self.times))
 
 
-def trainer_for(device: torch.device, **options) -> L.Trainer:
-    """A lean Trainer on ``device`` (the explained model's) for one epoch of ``Repeat``; ``options`` override."""
+def trainer_for(device: torch.device, steps: int, **options) -> L.Trainer:
+    """A lean Trainer on ``device`` (the explained model's) for ``steps`` one-step epochs; ``options`` override."""
     if device.type == "cuda":
         where = {"accelerator": "gpu", "devices": [device.index or 0]}
     else:
         where = {"accelerator": device.type, "devices": 1}
-    return L.Trainer(**{**where, "max_epochs": 1, "num_sanity_val_steps": 0, **LEAN, **options})
+    return L.Trainer(**{**where, "max_epochs": steps, "log_every_n_steps": 1, "num_sanity_val_steps": 0, **LEAN, **options})
 
 
-def fit(module: L.LightningModule, device: torch.device, options: dict | None = None) -> None:
-    """``trainer_for(device, **options).fit(module)`` without Lightning's per-call start-up and stop messages."""
+def fit(module: L.LightningModule, device: torch.device, steps: int, options: dict | None = None) -> None:
+    """``trainer_for(device, steps, **options).fit(module)`` without Lightning's per-call start-up and stop messages."""
     with quiet():
-        trainer_for(device, **(options or {})).fit(module)
+        trainer_for(device, steps, **(options or {})).fit(module)
 
 
 def watched(trainer: L.Trainer) -> bool:

@@ -185,7 +185,7 @@ Lightning Trainer (``amlx.attributors.inner``: precision, gradient clipping, cal
         """Optimize one mask per row of the batch under the inner Trainer (``MaRCModule``; arguments as there)."""
         module = self.module(model, x, baseline, attention_mask, positions, n_words, target, generators, token_type_ids)
         if self.steps > 0:
-            inner.fit(module, x.device, self.trainer)
+            inner.fit(module, x.device, self.steps, self.trainer)
         return module.result()
 
     def module(
@@ -205,8 +205,8 @@ class MaRCModule(L.LightningModule):
     (flips, then noise on x̃, then on x̃^c) only while the row is still being optimized. ``token_type_ids``
     [batch, tokens]: the rows' segments for F (``ExplainedModel.token_type_ids``), None for F's default.
 
-    ``Trainer(max_epochs=1).fit(module)`` takes at most ``settings.steps`` AdamW steps (``train_dataloader`` yields
-    the batch once per step); each step minimizes the *sum* of the active rows' losses (Adam is elementwise, so each
+    ``Trainer(max_epochs=settings.steps).fit(module)`` takes at most ``settings.steps`` AdamW steps (``train_dataloader``
+    yields the batch once per epoch, one step each; the module stops the run after ``steps``); each step minimizes the *sum* of the active rows' losses (Adam is elementwise, so each
     row's update is its own), then puts back the parameters of rows that had stopped and projects σ ≥ ``SIGMA_MIN``.
     A row stops after ``patience`` steps without improving by ``min_delta``; once every row has stopped the module
     stops the Trainer. ``result()`` reads off λ, the steps taken and the loss trace. The explained model is held
@@ -246,7 +246,7 @@ class MaRCModule(L.LightningModule):
         return self._frozen.model
 
     def train_dataloader(self) -> inner.Repeat:
-        return inner.Repeat(self.batch, self.settings.steps)
+        return inner.Repeat(self.batch)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.mask.parameters(), lr=self.settings.lr, weight_decay=self.settings.weight_decay)

@@ -112,8 +112,8 @@ class MaRCMethod(AttributionMethod):
     def module(self, inputs: str | list[str] | Encoded, model, target: Target = None) -> MaRCModule:
         """The LightningModule of the masks of ``inputs`` (one row per segment), for a Trainer of your own.
 
-        ``target``: as in ``attribute`` (None: the predicted classes). Fit it with ``lightning.Trainer(max_epochs=1,
-        ...).fit(module)`` on the explained model's device; ``module.result().token_mask`` [rows, tokens] is λ on
+        ``target``: as in ``attribute`` (None: the predicted classes). Fit it with ``lightning.Trainer(max_epochs=steps,
+        ...).fit(module)`` on the explained model's device (an epoch is one step); ``module.result().token_mask`` [rows, tokens] is λ on
         the tokens of ``model.encode(inputs)`` (of each segment's row when ``segment_tokens`` splits a text).
         """
         enc = (inputs if isinstance(inputs, Encoded) else model.encode(inputs)).to(model.device)
