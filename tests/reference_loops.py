@@ -92,3 +92,32 @@ def faml_optimize(self, forward, params: list[Tensor]) -> tuple[Tensor, Tensor]:
         loss.sum().backward()
         opt.step()
     return torch.stack(maps, 1), torch.stack(losses, 1)
+
+
+def rpi_candidate_maps(self, enc, model, target: Tensor) -> tuple[Tensor, Tensor]:
+    """The old ``RPI.candidate_maps``: the pool M^J [B, |J|·R, tokens] and F(x) [B, classes], group by group."""
+    from torch import nn
+
+    from amlx.methods.diffusion import sample_baselines
+    from amlx.methods.rpi import capture, path_integral, resolve_layers
+
+    layers = resolve_layers(model, self.layers)
+    per_group = max(1, self.internal_batch_size // (self.n_baselines * self.n_steps))
+    maps, logits = [], []
+    for start in range(0, len(enc), per_group):
+        group = enc.select(slice(start, start + per_group))
+        cap = capture(model, group, layers, self.reuse_prefix)
+        tgt = target[start : start + per_group]
+        pool = []
+        for layer in layers:
+            allowed = cap.allowed[layer]
+            if self.baseline_support == "full":
+                allowed = group.attention_mask.bool()[:, None, None, :].expand_as(allowed)
+            base = sample_baselines(cap.probs[layer], allowed, self.n_baselines, self.alpha_bars,
+                                    self.noise_scale, self.generator)  # fmt: skip
+            pool.append(path_integral(model, group, tgt, cap, layer, base, self.n_steps, self.output,
+                                      self.difference_factor, self.internal_batch_size))  # fmt: skip
+        m = torch.cat(pool, 1)
+        maps.append(nn.functional.pad(m, (0, enc.input_ids.shape[1] - m.shape[-1])))
+        logits.append(cap.logits)
+    return torch.cat(maps), torch.cat(logits).float().softmax(-1)

@@ -140,3 +140,23 @@ def test_faml_inner_trainer_takes_lightning_options_and_callbacks(attributor):
                                                                                               min_delta=1e9)]})
     marc.attribute(["a good movie"], tiny_explained("bert", "encoder"))
     assert marc.last_fit.steps.tolist() == [2]
+
+
+# ------------------------------------------------------------------------------------------------------- RPI
+@pytest.mark.parametrize("arch,kind", [("bert", "encoder"), ("llama", "decoder")])
+def test_rpi_module_draws_and_integrates_like_the_old_loop_directly_and_under_trainer_predict(explained, arch, kind):
+    from amlx.methods.rpi import RPIModule
+
+    model = explained(arch, kind)
+    enc = model.encode(list(TEXTS))
+    with torch.no_grad():
+        target = model.probs(enc.input_ids, enc.attention_mask).argmax(-1)
+    options = {"n_baselines": 3, "n_steps": 4, "layers": [0, -1], "internal_batch_size": 24, "seed": 2}  # 2 per group
+    old_maps, old_probs = reference_loops.rpi_candidate_maps(methods.get("rpi", **options), enc, model, target)
+    maps, probs = methods.get("rpi", **options).candidate_maps(enc, model, target)
+    assert (maps - old_maps).abs().max() <= EQUAL and (probs - old_probs).abs().max() <= EQUAL
+    module = methods.get("rpi", **options).module(enc, model, target)
+    assert isinstance(module, RPIModule) and isinstance(module, L.LightningModule) and len(module.groups) == 2
+    out = L.Trainer(accelerator="cpu", inference_mode=False, **LEAN).predict(module)
+    assert (torch.cat([m for m, _ in out]) - old_maps).abs().max() <= EQUAL
+    assert old_maps.abs().max() > 0 and not model.training

@@ -321,8 +321,8 @@ class FAMLModule(L.LightningModule):
         self.maps: list[Tensor] = []
         self.losses: list[Tensor] = []
 
-    def train_dataloader(self) -> inner.Repeat:
-        return inner.Repeat({})
+    def train_dataloader(self) -> inner.Batches:
+        return inner.Batches([{}])
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> int | None:
         if len(self.maps) >= self.steps:  # a Trainer with more epochs than steps: the trace is full

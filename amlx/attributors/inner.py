@@ -1,11 +1,11 @@
 """The inner Lightning run of a per-instance optimization (MaRC, fAML): one batch of instances, a lean Trainer.
 
-The LightningModule of a batch owns ``training_step`` and ``configure_optimizers`` and returns ``Repeat(batch)`` as
+The LightningModule of a batch owns ``training_step`` and ``configure_optimizers`` and returns ``Batches([batch])`` as
 its ``train_dataloader``: the one batch of instances, once per epoch, so an epoch is one optimizer step and
 ``Trainer(max_epochs=steps)`` runs ``steps`` of them (fewer when the module or a callback sets
 ``trainer.should_stop``). Epoch-level Lightning tools then act per step: ``EarlyStopping(monitor="loss")`` and
 epoch-interval LR schedulers read the loss the module logs when a callback or logger is attached (a lean run does
-not log: about a millisecond a step). ``Repeat`` is a plain iterable, not a ``DataLoader``: creating a DataLoader
+not log: about a millisecond a step). ``Batches`` is a plain iterable, not a ``DataLoader``: creating a DataLoader
 iterator draws a seed from torch's global generator, and these runs must leave it where it was. The Trainer is lean (no checkpoints, logger, progress bar or model summary, and
 Lightning's start-up messages silenced); ``options`` (e.g. ``{"precision": "bf16-mixed", "gradient_clip_val":
 1.0}`` or ``callbacks``) are passed to it as given.
@@ -25,17 +25,17 @@ LEAN = {"enable_checkpointing": False, "logger": False, "enable_progress_bar": F
 _QUIET = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero", "lightning.pytorch.accelerators.cuda")
 
 
-class Repeat:
-    """The one batch ``batch``, ``times`` times (one optimizer step each): the inner run's training data."""
+class Batches:
+    """Batches given in advance, one per step, in order: a Lightning dataloader that is not a ``DataLoader``."""
 
-    def __init__(self, batch: dict, times: int = 1) -> None:
-        self.batch, self.times = batch, times
+    def __init__(self, batches: list) -> None:
+        self.batches = batches
 
     def __len__(self) -> int:
-        return self.times
+        return len(self.batches)
 
-    def __iter__(self) -> Iterator[dict]:
-        return (self.batch for _ in range(self.times))
+    def __iter__(self) -> Iterator:
+        return iter(self.batches)
 
 
 def trainer_for(device: torch.device, steps: int, **options) -> L.Trainer:

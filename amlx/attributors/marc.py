@@ -245,8 +245,8 @@ class MaRCModule(L.LightningModule):
         """The frozen explained model F (outside the module tree)."""
         return self._frozen.model
 
-    def train_dataloader(self) -> inner.Repeat:
-        return inner.Repeat(self.batch)
+    def train_dataloader(self) -> inner.Batches:
+        return inner.Batches([self.batch])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.mask.parameters(), lr=self.settings.lr, weight_decay=self.settings.weight_decay)
