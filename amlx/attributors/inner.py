@@ -1,14 +1,16 @@
 """The inner Lightning run of a per-instance optimization (MaRC, fAML): one batch of instances, a lean Trainer.
 
-The LightningModule of a batch owns ``training_step`` and ``configure_optimizers`` and returns ``Batches([batch])`` as
-its ``train_dataloader``: the one batch of instances, once per epoch, so an epoch is one optimizer step and
-``Trainer(max_epochs=steps)`` runs ``steps`` of them (fewer when the module or a callback sets
-``trainer.should_stop``). Epoch-level Lightning tools then act per step: ``EarlyStopping(monitor="loss")`` and
-epoch-interval LR schedulers read the loss the module logs when a callback or logger is attached (a lean run does
-not log: about a millisecond a step). ``Batches`` is a plain iterable, not a ``DataLoader``: creating a DataLoader
-iterator draws a seed from torch's global generator, and these runs must leave it where it was. The Trainer is lean (no checkpoints, logger, progress bar or model summary, and
-Lightning's start-up messages silenced); ``options`` (e.g. ``{"precision": "bf16-mixed", "gradient_clip_val":
-1.0}`` or ``callbacks``) are passed to it as given.
+The LightningModule of a batch owns ``training_step`` and ``configure_optimizers`` and returns
+``Batches([batch])`` as its ``train_dataloader``: the one batch of instances once per epoch, so an epoch is one
+optimizer step and ``Trainer(max_epochs=steps)`` runs ``steps`` of them (fewer when the module or a callback
+sets ``trainer.should_stop``). Epoch-level Lightning tools therefore act per step: ``EarlyStopping(monitor=
+"loss")`` reads the loss the module logs whenever a callback or logger is attached (a lean run does not log,
+which saves about a millisecond a step). ``Batches`` is a plain iterable, not a ``DataLoader``: creating a
+DataLoader iterator draws a seed from torch's global generator, and these runs leave it where it was.
+
+The Trainer is lean: no checkpoints, logger, progress bar or model summary, and Lightning's start-up lines are
+silenced. ``options`` (e.g. ``{"precision": "bf16-mixed", "gradient_clip_val": 1.0}``, ``callbacks``) are
+passed to it as given.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ import lightning as L
 import torch
 
 LEAN = {"enable_checkpointing": False, "logger": False, "enable_progress_bar": False, "enable_model_summary": False}
-_QUIET = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero", "lightning.pytorch.accelerators.cuda")
+_QUIET = (  # the loggers of Lightning's per-Trainer INFO lines (accelerator summary, CUDA_VISIBLE_DEVICES, "stopped")
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning.pytorch.accelerators.cuda",
+)
 
 
 class Batches:
@@ -44,7 +50,8 @@ def trainer_for(device: torch.device, steps: int, **options) -> L.Trainer:
         where = {"accelerator": "gpu", "devices": [device.index or 0]}
     else:
         where = {"accelerator": device.type, "devices": 1}
-    return L.Trainer(**{**where, "max_epochs": steps, "log_every_n_steps": 1, "num_sanity_val_steps": 0, **LEAN, **options})
+    defaults = {"max_epochs": steps, "log_every_n_steps": 1, "num_sanity_val_steps": 0, **LEAN}
+    return L.Trainer(**{**where, **defaults, **options})
 
 
 def fit(module: L.LightningModule, device: torch.device, steps: int, options: dict | None = None) -> None:
@@ -60,7 +67,7 @@ def watched(trainer: L.Trainer) -> bool:
 
 @contextlib.contextmanager
 def quiet():
-    """Lightning's INFO lines (accelerator summary, "max_steps reached") and its pytree deprecation warning off inside."""
+    """Lightning's per-Trainer INFO lines and its pytree deprecation warning off inside the block."""
     loggers = [logging.getLogger(name) for name in _QUIET]
     levels = [lg.level for lg in loggers]
     for lg in loggers:

@@ -140,8 +140,8 @@ class MaRC:
     ``noise_std``: Gaussian noise on the x̃ and x̃^c embeddings each step; ``flip_prob``: each word's λ is set to
     0 or 1 (equally likely) with this probability each step (the paper: "5% of mask values"); ``patience`` /
     ``min_delta``: an instance stops when its loss has not fallen below its best − ``min_delta`` for
-    ``patience`` steps (``patience=None``: always ``steps``); ``weight_decay`` > 0 makes Adam AdamW; ``trainer``: options of the inner
-Lightning Trainer (``amlx.attributors.inner``: precision, gradient clipping, callbacks, …).
+    ``patience`` steps (``patience=None``: always ``steps``); ``weight_decay`` > 0 makes Adam AdamW; ``trainer``:
+    options of the inner Lightning Trainer (``amlx.attributors.inner``: precision, gradient clipping, callbacks, …).
     """
 
     steps: int = 900
@@ -205,9 +205,11 @@ class MaRCModule(L.LightningModule):
     (flips, then noise on x̃, then on x̃^c) only while the row is still being optimized. ``token_type_ids``
     [batch, tokens]: the rows' segments for F (``ExplainedModel.token_type_ids``), None for F's default.
 
-    ``Trainer(max_epochs=settings.steps).fit(module)`` takes at most ``settings.steps`` AdamW steps (``train_dataloader``
-    yields the batch once per epoch, one step each; the module stops the run after ``steps``); each step minimizes the *sum* of the active rows' losses (Adam is elementwise, so each
-    row's update is its own), then puts back the parameters of rows that had stopped and projects σ ≥ ``SIGMA_MIN``.
+    ``Trainer(max_epochs=settings.steps).fit(module)``, on the explained model's device, takes at most
+    ``settings.steps`` AdamW steps (``train_dataloader`` yields the batch once per epoch, one step each; the module
+    stops the run after ``steps``). Each step minimizes the *sum* of the active rows' losses (Adam is elementwise,
+    so each row's update is its own), then puts back the parameters of rows that had stopped and projects
+    σ ≥ ``SIGMA_MIN``.
     A row stops after ``patience`` steps without improving by ``min_delta``; once every row has stopped the module
     stops the Trainer. ``result()`` reads off λ, the steps taken and the loss trace. The explained model is held
     outside the module tree: not in ``parameters()`` or ``state_dict()``, never trained, left in eval mode.
