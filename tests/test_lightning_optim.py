@@ -160,3 +160,27 @@ def test_rpi_module_draws_and_integrates_like_the_old_loop_directly_and_under_tr
     out = L.Trainer(accelerator="cpu", inference_mode=False, **LEAN).predict(module)
     assert (torch.cat([m for m, _ in out]) - old_maps).abs().max() <= EQUAL
     assert old_maps.abs().max() > 0 and not model.training
+
+
+def test_inner_trainer_callbacks_from_yaml_specs_start_fresh_for_every_batch(explained):
+    """A YAML callback spec builds one EarlyStopping per internal batch: the second batch does not inherit the first's
+    best loss (with a shared one, it would stop after its first step)."""
+    spec = {"class_path": "lightning.pytorch.callbacks.EarlyStopping",
+            "init_args": {"monitor": "loss", "patience": 1, "min_delta": 1e9}}  # fmt: skip
+    marc = methods.get("marc", steps=30, patience=None, internal_batch_size=1, trainer={"callbacks": [spec]})
+    steps = []
+    marc.optim.fit = _recording(marc.optim.fit, steps)
+    marc.attribute(list(TEXTS[:2]), explained("bert", "encoder"))
+    assert steps == [[2], [2]]
+    with pytest.raises(ValueError, match="class_path"):
+        methods.get("marc", steps=2, trainer={"callbacks": [{"init_args": {}}]}).attribute("a good movie",
+                                                                                          explained("bert", "encoder"))
+
+
+def _recording(fit, steps: list):
+    def wrapped(*args, **kwargs):
+        result = fit(*args, **kwargs)
+        steps.append(result.steps.tolist())
+        return result
+
+    return wrapped

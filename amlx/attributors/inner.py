@@ -9,13 +9,17 @@ which saves about a millisecond a step). ``Batches`` is a plain iterable, not a 
 DataLoader iterator draws a seed from torch's global generator, and these runs leave it where it was.
 
 The Trainer is lean: no checkpoints, logger, progress bar or model summary, and Lightning's start-up lines are
-silenced. ``options`` (e.g. ``{"precision": "bf16-mixed", "gradient_clip_val": 1.0}``, ``callbacks``) are
-passed to it as given.
+silenced. ``options`` (e.g. ``{"precision": "bf16-mixed", "gradient_clip_val": 1.0}``) are passed to it as
+given, except ``callbacks``: each run gets fresh ones — a copy of each callback object, or one built from a YAML
+spec ``{class_path: lightning.pytorch.callbacks.EarlyStopping, init_args: {monitor: loss, patience: 20}}`` — so
+that the state of an EarlyStopping never carries over from one batch of instances to the next.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import importlib
 import logging
 import warnings
 from collections.abc import Iterator
@@ -51,7 +55,23 @@ def trainer_for(device: torch.device, steps: int, **options) -> L.Trainer:
     else:
         where = {"accelerator": device.type, "devices": 1}
     defaults = {"max_epochs": steps, "log_every_n_steps": 1, "num_sanity_val_steps": 0, **LEAN}
+    if "callbacks" in options:
+        options = {**options, "callbacks": [fresh_callback(c) for c in options["callbacks"]]}
     return L.Trainer(**{**where, **defaults, **options})
+
+
+def fresh_callback(spec) -> L.Callback:
+    """A new callback from ``{class_path, init_args}`` (YAML), or a copy of a callback object."""
+    if not isinstance(spec, dict):
+        return copy.deepcopy(spec)
+    if set(spec) - {"class_path", "init_args"} or "class_path" not in spec:
+        raise ValueError(f"a callback given as a mapping needs class_path (and optionally init_args), got {spec}")
+    module, _, name = spec["class_path"].rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError(f"cannot import the callback class {spec['class_path']!r}: {e}") from e
+    return cls(**spec.get("init_args", {}))
 
 
 def fit(module: L.LightningModule, device: torch.device, steps: int, options: dict | None = None) -> None:
