@@ -162,6 +162,16 @@ def test_rpi_module_draws_and_integrates_like_the_old_loop_directly_and_under_tr
     assert old_maps.abs().max() > 0 and not model.training
 
 
+def test_groups_stopped_early_by_a_callback_keep_their_last_map_in_the_batch_trace():
+    from amlx.attributors.faml import _cat_traces
+
+    short = (torch.tensor([[[0.5, 0.25], [0.75, 1.0]]]), torch.tensor([[5.0, 4.0]]))  # 1 instance, 2 records, 2 tokens
+    full = (torch.tensor([[[1.0, 1.0, 1.0], [2.0, 2.0, 2.0], [3.0, 3.0, 3.0]]]), torch.tensor([[3.0, 2.0, 1.0]]))
+    maps, losses = _cat_traces([short, full])
+    assert maps.tolist() == [[[0.5, 0.25, 0.0], [0.75, 1.0, 0.0], [0.75, 1.0, 0.0]], full[0][0].tolist()]
+    assert losses.tolist() == [[5.0, 4.0, 4.0], [3.0, 2.0, 1.0]]
+
+
 def test_inner_trainer_callbacks_from_yaml_specs_start_fresh_for_every_batch(explained):
     """A YAML callback spec builds one EarlyStopping per internal batch: the second batch does not inherit the first's
     best loss (with a shared one, it would stop after its first step)."""

@@ -139,7 +139,7 @@ class FAML:
                 maps, losses = self._run(self._tune_heads(enc, y))
             elif self.params == "all" and self.parallel > 1:
                 parts = [self._run(self._tune_all(enc.select(rows), y[rows])) for rows in _chunks(len(enc), self.parallel)]
-                maps, losses = _cat_padded([m for m, _ in parts]), torch.cat([loss for _, loss in parts])
+                maps, losses = _cat_traces(parts)
             else:
                 maps, losses = self._tune_each(enc, y)
         att.train(was_training)
@@ -241,7 +241,7 @@ class FAML:
     def _tune_each(self, enc: Encoded, y: Tensor) -> tuple[Tensor, Tensor]:
         """One instance after the other on a working copy reset to the pretrained weights each time."""
         t = enc.input_ids.shape[1]
-        maps, losses = [], []
+        parts = []
         for b in range(len(enc)):
             work = self._fresh_copy()
             row = enc.select(slice(b, b + 1))
@@ -252,10 +252,8 @@ class FAML:
                 return a, self._loss(row, a, y_b)
 
             tuned = [p for p in work.parameters() if p.requires_grad]
-            m, loss = self._run(FAMLModule(tuned, forward, self.steps, self.lr))
-            maps.append(m)
-            losses.append(loss)
-        return _cat_padded(maps, t), torch.cat(losses)
+            parts.append(self._run(FAMLModule(tuned, forward, self.steps, self.lr)))
+        return _cat_traces(parts, t)
 
     def _loss(self, enc: Encoded, a: Tensor, y: Tensor) -> Tensor:
         """The per-instance AML loss [batch] with fAML's λ's (Eq. 4)."""
@@ -366,7 +364,14 @@ def _chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _cat_padded(maps: list[Tensor], tokens: int | None = None) -> Tensor:
-    """Concatenate [b_i, steps + 1, t_i] traces along the batch, right-padding tokens with zeros."""
-    t = tokens or max(m.shape[-1] for m in maps)
-    return torch.cat([torch.nn.functional.pad(m, (0, t - m.shape[-1])) for m in maps])
+def _cat_traces(parts: list[tuple[Tensor, Tensor]], tokens: int | None = None) -> tuple[Tensor, Tensor]:
+    """Concatenate (maps [b_i, r_i, t_i], losses [b_i, r_i]) traces along the batch, right-padding tokens with zeros;
+    a group that recorded fewer steps (stopped early by a Trainer callback) repeats its last record, the map it kept."""
+    r = max(m.shape[1] for m, _ in parts)
+    t = tokens or max(m.shape[-1] for m, _ in parts)
+    maps, losses = [], []
+    for m, loss in parts:
+        more = r - m.shape[1]
+        maps.append(torch.nn.functional.pad(torch.cat([m, m[:, -1:].expand(-1, more, -1)], 1), (0, t - m.shape[-1])))
+        losses.append(torch.cat([loss, loss[:, -1:].expand(-1, more)], 1))
+    return torch.cat(maps), torch.cat(losses)
