@@ -11,7 +11,7 @@ from transformers import AutoModel
 
 from amlx import methods
 from amlx.attributors.faml import FAML, FAMLModule
-from amlx.attributors.marc import MaRC, MaRCModule
+from amlx.attributors.marc import MaRCModule
 from tests import reference_loops
 from tests.tiny import TEXTS, tiny_config, tiny_explained, tiny_tokenizer
 
@@ -73,7 +73,7 @@ def test_marc_module_fits_on_a_users_own_trainer_like_the_method(explained):
     for b, rec in enumerate(recs):
         expected = lam[b, : len(rec)].double() * enc.attributable[b, : len(rec)]
         assert (torch.as_tensor(rec.scores) - expected).abs().max() <= EQUAL
-    assert module.result().steps.max() <= 20 and isinstance(MaRC().changed(), dict)
+    assert module.result().steps.max() <= 20
 
 
 # ------------------------------------------------------------------------------------------------------ fAML
@@ -121,7 +121,9 @@ def test_faml_module_fits_on_a_users_own_trainer_like_attribute(attributor):
     assert isinstance(module, FAMLModule) and isinstance(module, L.LightningModule)
     L.Trainer(max_epochs=faml.steps, accelerator="cpu", **LEAN).fit(module)
     res = faml.result(module)
+    state = torch.get_rng_state()
     same = FAML(attributor, steps=3, params="head", lr=1e-2).attribute(["a good movie", "the plot was slow"])
+    assert torch.equal(torch.get_rng_state(), state)  # the inner run draws nothing from torch's global generator
     assert res.maps.shape[1] == 4 and (res.maps - same.maps).abs().max() <= EQUAL
     assert torch.equal(res.step, same.step)
     assert not attributor.training and not attributor.explained.training
