@@ -17,6 +17,11 @@ Adam's two moments; the default ``parallel=None`` takes as many as fit in ``PARA
 Since Adam is elementwise and the loss is a sum over instances, both equal independent per-instance runs
 (tested). ``lora`` (and ``all`` with ``parallel=1``) runs the instances in sequence on one working copy that is
 reset to the pretrained weights before each instance.
+
+The tuned copies of a group are a LightningModule (``FAMLModule``): a lean inner Lightning Trainer
+(``amlx.attributors.inner``) runs its ``training_step`` once per step, with options from ``trainer``
+(precision, gradient clipping, callbacks). ``FAML.module`` gives that module for a batch of your own, to fit
+with a Trainer you configure (docs/aml.md).
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from amlx.attributors import inner
 from amlx.attributors.aml import AMLAttributor, aml_loss
 from amlx.models.explained import Encoded
 
@@ -60,7 +67,8 @@ class FAML:
     ``amlx.records.Attribution`` per recorded map. Its ``direction`` ('higher' | 'lower' is better) is used
     unless ``metric_direction`` is given. ``lr`` defaults to the attributor's pretraining lr; ``lora`` is a
     peft ``LoraConfig`` dict. ``lambdas`` (λ_p, λ_a, λ_inv) default to the pretraining ones (methods.md "AML");
-    an attributor amortized from a teacher with the AML terms off needs its own.
+    an attributor amortized from a teacher with the AML terms off needs its own. ``trainer``: options of the inner
+    Lightning Trainer (``amlx.attributors.inner``: precision, gradient clipping, callbacks, …).
     """
 
     def __init__(
@@ -75,6 +83,7 @@ class FAML:
         lora: dict | None = None,
         parallel: int | None = None,
         lambdas: tuple[float, float, float] | list[float] | None = None,
+        trainer: dict | None = None,
     ) -> None:
         if params not in PARAMS:
             raise ValueError(f"params must be one of {PARAMS}, got {params!r}")
@@ -112,6 +121,7 @@ class FAML:
                 "this attributor was pretrained with λ_p = λ_a = λ_inv = 0 (amortized from a teacher), so the AML loss "
                 "fAML minimizes is 0: give fAML its own weights, e.g. lambdas: [1.0, 1.0, 1.0]"
             )
+        self.trainer = trainer
         self._work: AMLAttributor | None = None
         self._init: dict[str, Tensor] = {}
 
@@ -126,18 +136,46 @@ class FAML:
         enc, p, y = att.prepare(inputs, target, probs)
         with torch.enable_grad():
             if self.params == "head":
-                maps, losses = self._tune_heads(enc, y)
+                maps, losses = self._run(self._tune_heads(enc, y))
             elif self.params == "all" and self.parallel > 1:
-                parts = [self._tune_all(enc.select(rows), y[rows]) for rows in _chunks(len(enc), self.parallel)]
-                maps, losses = _cat_padded([m for m, _ in parts]), torch.cat([loss for _, loss in parts])
+                parts = [self._run(self._tune_all(enc.select(rows), y[rows])) for rows in _chunks(len(enc), self.parallel)]
+                maps, losses = _cat_traces(parts)
             else:
                 maps, losses = self._tune_each(enc, y)
         att.train(was_training)
+        return self._select(enc, p, target, maps, losses)
+
+    def module(
+        self, inputs: str | list[str] | Encoded, target: Tensor | None = None, probs: Tensor | None = None
+    ) -> FAMLModule:
+        """The LightningModule of the per-instance copies of ``inputs`` (all of them at once), for your own Trainer.
+
+        ``params`` head or all (``lora`` tunes one instance at a time: use ``attribute``). The attributor is left
+        in eval mode. Fit with ``lightning.Trainer(max_epochs=steps, ...).fit(module)`` on the attributor's device, then
+        ``result(module)`` selects the maps as ``attribute`` does.
+        """
+        if self.params == "lora":
+            raise ValueError("fAML params='lora' tunes one instance at a time on one working copy: use attribute()")
+        self.attributor.eval()
+        inputs = [inputs] if isinstance(inputs, str) else inputs
+        enc, p, y = self.attributor.prepare(inputs, target, probs)
+        module = self._tune_heads(enc, y) if self.params == "head" else self._tune_all(enc, y)
+        module.instances = (enc, p, target)
+        return module
+
+    def result(self, module: FAMLModule) -> FAMLResult:
+        """The selected maps and the trace of a module from ``module`` after its Trainer ran."""
+        enc, p, target = module.instances
+        maps, losses = module.trace()
+        return self._select(enc, p, target, maps, losses)
+
+    def _select(self, enc: Encoded, p: Tensor, target: Tensor | None, maps: Tensor, losses: Tensor) -> FAMLResult:
+        """One recorded map per instance by ``selection`` (maps [b, recorded, tokens], losses [b, recorded])."""
         maps = maps * enc.attributable[:, None, :]
         if self.selection == "loss":
             step = losses.argmin(1)
         elif self.selection == "last":
-            step = torch.full((len(enc),), self.steps, dtype=torch.long, device=maps.device)
+            step = torch.full((len(enc),), maps.shape[1] - 1, dtype=torch.long, device=maps.device)
         else:
             explained_target = p.argmax(-1) if target is None else target.to(p.device)
             values = self._metric_values(enc, p, explained_target, maps)
@@ -147,31 +185,20 @@ class FAML:
         return FAMLResult(chosen, step, maps, losses, enc, p, label)
 
     # ---------------------------------------------------------------------------------- optimization
-    def _optimize(self, forward: Callable[[], tuple[Tensor, Tensor]], params: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """Record (map, loss) before each step and after the last: ([b, steps + 1, tokens], [b, steps + 1])."""
-        # fused: one pass over each (stacked) tensor per step instead of several; same update as the default
-        fused = all(p.device.type in ("cpu", "cuda") and p.dtype in FUSED_DTYPES for p in params)
-        opt = torch.optim.Adam(params, lr=self.lr, fused=fused or None)
-        maps, losses = [], []
-        for s in range(self.steps + 1):
-            with torch.set_grad_enabled(s < self.steps):
-                a, loss = forward()
-            maps.append(a.detach())
-            losses.append(loss.detach())
-            if s == self.steps:
-                break
-            opt.zero_grad(set_to_none=True)
-            loss.sum().backward()  # instances are independent: each one's gradient stays its own
-            opt.step()
-        return torch.stack(maps, 1), torch.stack(losses, 1)
+    def _run(self, module: FAMLModule) -> tuple[Tensor, Tensor]:
+        """Fit ``module`` on the inner Trainer and read its trace: ([b, steps + 1, tokens], [b, steps + 1])."""
+        if self.steps > 0:
+            inner.fit(module, self.attributor.device, self.steps, self.trainer)
+        return module.trace()
 
-    def _tune_heads(self, enc: Encoded, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _tune_heads(self, enc: Encoded, y: Tensor) -> FAMLModule:
         """All instances at once: frozen backbone states, one stacked head per instance, vmapped."""
         att = self.attributor
         inputs = att.tokenize(enc.texts).to(att.device)
         with torch.no_grad():
             h = att.hidden(inputs.input_ids, inputs.attention_mask, y)  # [batch, source, d]
-        params, _ = torch.func.stack_module_state([copy.deepcopy(att.head) for _ in range(len(enc))])
+        stacked, _ = torch.func.stack_module_state([copy.deepcopy(att.head) for _ in range(len(enc))])
+        params = {k: nn.Parameter(v) for k, v in stacked.items()}
 
         def one(p: dict[str, Tensor], h_i: Tensor) -> Tensor:
             return torch.func.functional_call(att.head, p, (h_i,))
@@ -181,9 +208,9 @@ class FAML:
             a = att.to_explained(a_src, inputs, enc)
             return a, self._loss(enc, a, y)
 
-        return self._optimize(forward, list(params.values()))
+        return FAMLModule(list(params.values()), forward, self.steps, self.lr)
 
-    def _tune_all(self, enc: Encoded, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _tune_all(self, enc: Encoded, y: Tensor) -> FAMLModule:
         """The instances of ``enc`` together: each its own copy of G's trainable tensors, F batched over all.
 
         G runs once per instance on its unpadded tokens (``functional_call`` with that instance's tensors and the
@@ -195,7 +222,7 @@ class FAML:
         lengths = inputs.attention_mask.sum(1).tolist()
         shared = {f"att.{n}": t for n, t in att.named_buffers()}
         shared.update({f"att.{n}": p.detach() for n, p in att.named_parameters() if not p.requires_grad})
-        copies = [{f"att.{n}": p.detach().clone().requires_grad_() for n, p in att.named_parameters() if p.requires_grad}
+        copies = [{f"att.{n}": nn.Parameter(p.detach().clone()) for n, p in att.named_parameters() if p.requires_grad}
                   for _ in range(len(enc))]  # fmt: skip
         scorer = _Scorer(att)
         source = inputs.input_ids.shape[1]
@@ -209,12 +236,12 @@ class FAML:
             a = att.to_explained(torch.cat(rows), inputs, enc)
             return a, self._loss(enc, a, y)
 
-        return self._optimize(forward, [t for tensors in copies for t in tensors.values()])
+        return FAMLModule([t for tensors in copies for t in tensors.values()], forward, self.steps, self.lr)
 
     def _tune_each(self, enc: Encoded, y: Tensor) -> tuple[Tensor, Tensor]:
         """One instance after the other on a working copy reset to the pretrained weights each time."""
         t = enc.input_ids.shape[1]
-        maps, losses = [], []
+        parts = []
         for b in range(len(enc)):
             work = self._fresh_copy()
             row = enc.select(slice(b, b + 1))
@@ -224,10 +251,9 @@ class FAML:
                 a = work.token_scores(row, y_b)
                 return a, self._loss(row, a, y_b)
 
-            m, loss = self._optimize(forward, [p for p in work.parameters() if p.requires_grad])
-            maps.append(m)
-            losses.append(loss)
-        return _cat_padded(maps, t), torch.cat(losses)
+            tuned = [p for p in work.parameters() if p.requires_grad]
+            parts.append(self._run(FAMLModule(tuned, forward, self.steps, self.lr)))
+        return _cat_traces(parts, t)
 
     def _loss(self, enc: Encoded, a: Tensor, y: Tensor) -> Tensor:
         """The per-instance AML loss [batch] with fAML's λ's (Eq. 4)."""
@@ -272,6 +298,57 @@ class FAML:
         return torch.tensor(flat, dtype=torch.float64).reshape(maps.shape[1], len(enc)).T
 
 
+class FAMLModule(L.LightningModule):
+    """The per-instance copies of G's trainable tensors for a group of instances, tuned for their AML loss.
+
+    ``tuned``: the copies (stacked heads, one copy of every trainable tensor per instance, or one working copy's
+    trainable parameters); ``forward()`` → (maps [b, tokens], AML loss [b]) of the instances with the current
+    copies (the instances and the frozen G and F it runs are fixed when the module is built, so each step's batch
+    from ``train_dataloader`` is empty). ``Trainer(max_epochs=steps).fit`` takes ``steps`` Adam steps on the summed loss
+    (Adam is elementwise: each instance's update is its own), recording (map, loss) before each; ``trace()`` adds
+    the map after the last: ([b, steps + 1, tokens], [b, steps + 1]). G and F are outside the module tree, so the
+    Trainer never switches them out of eval mode.
+    """
+
+    def __init__(self, tuned: list[nn.Parameter], forward: Callable[[], tuple[Tensor, Tensor]], steps: int, lr: float):
+        super().__init__()
+        self.tuned = nn.ParameterList(tuned)  # the same Parameter objects ``forward`` reads
+        self.run_forward = forward
+        self.steps, self.lr = steps, lr
+        self.instances: tuple[Encoded, Tensor, Tensor | None] | None = None  # (enc, F(x), target) from FAML.module
+        self.maps: list[Tensor] = []
+        self.losses: list[Tensor] = []
+
+    def train_dataloader(self) -> inner.Batches:
+        return inner.Batches([{}])
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> int | None:
+        if len(self.maps) >= self.steps:  # a Trainer with more epochs than steps: the trace is full
+            self.trainer.should_stop = True
+            return -1
+        return None
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = list(self.tuned)
+        # fused: one pass over each (stacked) tensor per step instead of several; same update as the default
+        fused = all(p.device.type in ("cpu", "cuda") and p.dtype in FUSED_DTYPES for p in params)
+        return torch.optim.Adam(params, lr=self.lr, fused=fused or None)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        a, loss = self.run_forward()
+        self.maps.append(a.detach())
+        self.losses.append(loss.detach())
+        if inner.watched(self.trainer):  # for callbacks (EarlyStopping) and loggers; a lean run skips the cost
+            self.log("loss", loss.detach().mean(), batch_size=len(loss))
+        return loss.sum()  # instances are independent: each one's gradient stays its own
+
+    def trace(self) -> tuple[Tensor, Tensor]:
+        """The recorded maps and losses with those after the last step: ([b, steps + 1, tokens], [b, steps + 1])."""
+        with torch.no_grad():
+            a, loss = self.run_forward()
+        return torch.stack([*self.maps, a.detach()], 1), torch.stack([*self.losses, loss.detach()], 1)
+
+
 class _Scorer(torch.nn.Module):
     """G's token scores as one module call (what ``functional_call`` needs): (ids, mask, y_v) → [batch, source]."""
 
@@ -287,7 +364,14 @@ def _chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _cat_padded(maps: list[Tensor], tokens: int | None = None) -> Tensor:
-    """Concatenate [b_i, steps + 1, t_i] traces along the batch, right-padding tokens with zeros."""
-    t = tokens or max(m.shape[-1] for m in maps)
-    return torch.cat([torch.nn.functional.pad(m, (0, t - m.shape[-1])) for m in maps])
+def _cat_traces(parts: list[tuple[Tensor, Tensor]], tokens: int | None = None) -> tuple[Tensor, Tensor]:
+    """Concatenate (maps [b_i, r_i, t_i], losses [b_i, r_i]) traces along the batch, right-padding tokens with zeros;
+    a group that recorded fewer steps (stopped early by a Trainer callback) repeats its last record, the map it kept."""
+    r = max(m.shape[1] for m, _ in parts)
+    t = tokens or max(m.shape[-1] for m, _ in parts)
+    maps, losses = [], []
+    for m, loss in parts:
+        more = r - m.shape[1]
+        maps.append(torch.nn.functional.pad(torch.cat([m, m[:, -1:].expand(-1, more, -1)], 1), (0, t - m.shape[-1])))
+        losses.append(torch.cat([loss, loss[:, -1:].expand(-1, more)], 1))
+    return torch.cat(maps), torch.cat(losses)

@@ -2,7 +2,8 @@
 
 ``MaRCMask`` holds the parameters w, σ of every instance of a batch ([batch, words]) and computes the mask
 λ_j = sigmoid(Σ_i w_i·exp(−d(i,j)²/σ_i)) (Eq. 5–6) over word positions, tied across a word's sub-word pieces.
-``MaRC.fit`` minimizes Eq. 8 for the whole batch at once with Adam(W): the loss is a *sum* over instances, Adam
+``MaRCModule`` (a LightningModule) minimizes Eq. 8 for the whole batch at once with Adam(W) under a Lightning
+Trainer (``MaRC.fit`` runs it on a lean one, ``amlx.attributors.inner``): the loss is a *sum* over instances, Adam
 is elementwise, the regularizing noise comes from one generator per instance and early stopping freezes each
 instance on its own, so a batch gives the same masks as one run per instance (up to the explained model's
 padding numerics). The explained model is never part of the module and stays frozen.
@@ -12,9 +13,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+import lightning as L
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from amlx.attributors import inner
+from amlx.attributors.aml import _Frozen
 
 KERNELS = ("sigma", "sigma_sq")  # denominator of Eq. 5: σ_i (paper) | σ_i² (seed code)
 SCORINGS = ("log_likelihood", "log_sigmoid")  # L(x̃, c): log p_c (class-discriminative) | log sigmoid(logit_c)
@@ -123,7 +128,7 @@ class MaRCResult:
     """What ``MaRC.fit`` returns for a batch."""
 
     token_mask: Tensor  # [batch, tokens] final λ (no noise, no flips) on tokens, 1 where never masked
-    mask: MaRCMask  # the optimized parameters w, σ: [batch, words]
+    mask: MaRCMask  # the optimized parameters w, σ: [batch, words] (``MaRCModule.mask``)
     steps: Tensor  # [batch] Adam steps each instance took (fewer than ``steps`` when it stopped early)
     losses: Tensor  # [batch, steps] Eq. 8 at each step (with its noise); NaN after the instance stopped
 
@@ -135,7 +140,8 @@ class MaRC:
     ``noise_std``: Gaussian noise on the x̃ and x̃^c embeddings each step; ``flip_prob``: each word's λ is set to
     0 or 1 (equally likely) with this probability each step (the paper: "5% of mask values"); ``patience`` /
     ``min_delta``: an instance stops when its loss has not fallen below its best − ``min_delta`` for
-    ``patience`` steps (``patience=None``: always ``steps``); ``weight_decay`` > 0 makes Adam AdamW.
+    ``patience`` steps (``patience=None``: always ``steps``); ``weight_decay`` > 0 makes Adam AdamW; ``trainer``:
+    options of the inner Lightning Trainer (``amlx.attributors.inner``: precision, gradient clipping, callbacks, …).
     """
 
     steps: int = 900
@@ -152,6 +158,7 @@ class MaRC:
     flip_prob: float = 0.05
     patience: int | None = 50
     min_delta: float = 1e-3
+    trainer: dict | None = None
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("kernel", self.kernel, KERNELS), ("scoring", self.scoring, SCORINGS),
@@ -175,72 +182,141 @@ class MaRC:
         self, model, x: Tensor, baseline: Tensor, attention_mask: Tensor, positions: Tensor, n_words: Tensor,
         target: Tensor, generators: list[torch.Generator], token_type_ids: Tensor | None = None,
     ) -> MaRCResult:  # fmt: skip
-        """Optimize one mask per row of the batch (λ, the module, steps taken and the loss trace: ``MaRCResult``).
+        """Optimize one mask per row of the batch under the inner Trainer (``MaRCModule``; arguments as there)."""
+        module = self.module(model, x, baseline, attention_mask, positions, n_words, target, generators, token_type_ids)
+        if self.steps > 0:
+            inner.fit(module, x.device, self.steps, self.trainer)
+        return module.result()
 
-        x, baseline: [batch, tokens, hidden] embeddings of the input and of b (equal where never masked);
-        positions: [batch, tokens] from ``word_positions``; ``generators``: one per row, drawn in a fixed order
-        (flips, then noise on x̃, then on x̃^c) only while the row is still being optimized. ``token_type_ids``
-        [batch, tokens]: the rows' segments for F (``ExplainedModel.token_type_ids``), None for F's default.
-        """
+    def module(
+        self, model, x: Tensor, baseline: Tensor, attention_mask: Tensor, positions: Tensor, n_words: Tensor,
+        target: Tensor, generators: list[torch.Generator], token_type_ids: Tensor | None = None,
+    ) -> MaRCModule:  # fmt: skip
+        """The LightningModule that optimizes one mask per row of the batch with these settings (``MaRCModule``)."""
+        return MaRCModule(self, model, x, baseline, attention_mask, positions, n_words, target, generators,
+                          token_type_ids)  # fmt: skip
+
+
+class MaRCModule(L.LightningModule):
+    """The kernel weights and widths w, σ of a batch of instances ([batch, words], ``MaRCMask``), fitted to Eq. 8.
+
+    x, baseline: [batch, tokens, hidden] embeddings of the input and of b (equal where never masked);
+    positions: [batch, tokens] from ``word_positions``; ``generators``: one per row, drawn in a fixed order
+    (flips, then noise on x̃, then on x̃^c) only while the row is still being optimized. ``token_type_ids``
+    [batch, tokens]: the rows' segments for F (``ExplainedModel.token_type_ids``), None for F's default.
+
+    ``Trainer(max_epochs=settings.steps).fit(module)``, on the explained model's device, takes at most
+    ``settings.steps`` AdamW steps (``train_dataloader`` yields the batch once per epoch, one step each; the module
+    stops the run after ``steps``). Each step minimizes the *sum* of the active rows' losses (Adam is elementwise,
+    so each row's update is its own), then puts back the parameters of rows that had stopped and projects
+    σ ≥ ``SIGMA_MIN``.
+    A row stops after ``patience`` steps without improving by ``min_delta``; once every row has stopped the module
+    stops the Trainer. ``result()`` reads off λ, the steps taken and the loss trace. The explained model is held
+    outside the module tree: not in ``parameters()`` or ``state_dict()``, never trained, left in eval mode.
+    """
+
+    def __init__(
+        self, settings: MaRC, model, x: Tensor, baseline: Tensor, attention_mask: Tensor, positions: Tensor,
+        n_words: Tensor, target: Tensor, generators: list[torch.Generator], token_type_ids: Tensor | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        if len(generators) != len(x):
+            raise ValueError(f"MaRC needs one generator per row: got {len(generators)} for {len(x)} rows")
+        self.settings = settings
+        object.__setattr__(self, "_frozen", _Frozen())
+        self._frozen.model = model
         device = x.device
-        mask = MaRCMask(positions, n_words, self.w_init, self.sigma_init, self.kernel).to(device)
-        opt = torch.optim.AdamW(mask.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        lengths = attention_mask.sum(1).tolist()
-        active = n_words.to(device) > 0  # an instance without words has nothing to optimize
-        best = torch.full((len(x),), float("inf"), device=device)
-        since = torch.zeros(len(x), dtype=torch.long, device=device)
-        taken = torch.zeros(len(x), dtype=torch.long, device=device)
-        losses = torch.full((len(x), self.steps), float("nan"), device=device)
-        for step in range(self.steps):
-            rows = active.nonzero()[:, 0]
-            if len(rows) == 0:
-                break
-            t = max(lengths[r] for r in rows.tolist())  # trim the sub-batch to its longest row
-            lam_words = mask.word_mask()
-            flipped, noise = self._draw(lam_words, rows, n_words, lengths, t, x.shape[-1], generators)
-            lam = mask.token_mask(flipped)[rows, :t, None].to(x.dtype)  # [rows, t, 1]
-            noise = noise.to(x.dtype)
-            xr, br, am = x[rows, :t], baseline[rows, :t], attention_mask[rows, :t]
-            keep = lam * xr + (1 - lam) * br + noise[0]  # x̃, Eq. 1
-            comp = (1 - lam) * xr + lam * br + noise[1]  # x̃^c, Eq. 3
-            types = None if token_type_ids is None else token_type_ids[rows, :t].repeat(2, 1)
-            logits = model.logits(inputs_embeds=torch.cat([keep, comp]), attention_mask=torch.cat([am, am]),
-                                  token_type_ids=types)  # fmt: skip
-            omega_lambda, omega_sigma = mask.regularizers(lam_words)
-            loss = marc_objective(logits[: len(rows)], logits[len(rows) :], target[rows], omega_lambda[rows],
-                                  omega_sigma[rows], self.alpha_lambda, self.alpha_sigma, self.scoring,
-                                  self.complement)  # fmt: skip
-            before = [p.detach().clone() for p in (mask.w, mask.sigma)]
-            opt.zero_grad(set_to_none=False)
-            loss.sum().backward()  # a sum, not a mean: each instance's gradient is its own
-            opt.step()
-            with torch.no_grad():
-                for p, old in zip((mask.w, mask.sigma), before):
-                    p.copy_(torch.where(active[:, None], p, old))  # stopped instances stay frozen
-                mask.sigma.clamp_(min=SIGMA_MIN)
-            taken[rows] += 1
-            value = loss.detach()
-            losses[rows, step] = value
-            if self.patience is not None:
-                improved = value < best[rows] - self.min_delta
-                best[rows] = torch.where(improved, value, best[rows])
-                since[rows] = torch.where(improved, 0, since[rows] + 1)
-                active[rows] = since[rows] < self.patience
-        with torch.no_grad():
-            return MaRCResult(mask.token_mask(), mask, taken, losses)
+        self.mask = MaRCMask(positions, n_words, settings.w_init, settings.sigma_init, settings.kernel)
+        self.batch = {"x": x, "baseline": baseline, "attention_mask": attention_mask, "target": target,
+                      "token_type_ids": token_type_ids}  # fmt: skip
+        self.lengths = attention_mask.sum(1).tolist()
+        self.n_words = n_words.cpu()
+        self.generators = generators
+        n = len(x)
+        self.register_buffer("active", n_words > 0, persistent=False)  # an instance without words has nothing to do
+        self.register_buffer("best", torch.full((n,), float("inf")), persistent=False)
+        self.register_buffer("since", torch.zeros(n, dtype=torch.long), persistent=False)
+        self.register_buffer("taken", torch.zeros(n, dtype=torch.long), persistent=False)
+        self.register_buffer("losses", torch.full((n, settings.steps), float("nan")), persistent=False)
+        self.step_count = 0
+        self._pending: tuple[Tensor, Tensor, Tensor, list[Tensor]] | None = None
+        self.to(device)
 
-    def _draw(
-        self, lam_words: Tensor, rows: Tensor, n_words: Tensor, lengths: list[int], t: int, hidden: int,
-        generators: list[torch.Generator],
-    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+    @property
+    def explained(self):
+        """The frozen explained model F (outside the module tree)."""
+        return self._frozen.model
+
+    def train_dataloader(self) -> inner.Batches:
+        return inner.Batches([self.batch])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.mask.parameters(), lr=self.settings.lr, weight_decay=self.settings.weight_decay)
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> int | None:
+        if self.step_count >= self.settings.steps or not self.active.any():
+            self.trainer.should_stop = True
+            return -1  # nothing left to optimize: end the epoch (and, with should_stop, the run)
+        return None
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        """Eq. 8 summed over the active rows, on x̃ and x̃^c with this step's flips and noise."""
+        s, x = self.settings, batch["x"]
+        rows = self.active.nonzero()[:, 0]
+        t = max(self.lengths[r] for r in rows.tolist())  # trim the sub-batch to its longest row
+        lam_words = self.mask.word_mask()
+        flipped, noise = self._draw(lam_words, rows, t, x.shape[-1])
+        lam = self.mask.token_mask(flipped)[rows, :t, None].to(x.dtype)  # [rows, t, 1]
+        noise = noise.to(x.dtype)
+        xr, br, am = x[rows, :t], batch["baseline"][rows, :t], batch["attention_mask"][rows, :t]
+        keep = lam * xr + (1 - lam) * br + noise[0]  # x̃, Eq. 1
+        comp = (1 - lam) * xr + lam * br + noise[1]  # x̃^c, Eq. 3
+        types = None if batch["token_type_ids"] is None else batch["token_type_ids"][rows, :t].repeat(2, 1)
+        logits = self.explained.logits(inputs_embeds=torch.cat([keep, comp]), attention_mask=torch.cat([am, am]),
+                                       token_type_ids=types)  # fmt: skip
+        omega_lambda, omega_sigma = self.mask.regularizers(lam_words)
+        loss = marc_objective(logits[: len(rows)], logits[len(rows) :], batch["target"][rows], omega_lambda[rows],
+                              omega_sigma[rows], s.alpha_lambda, s.alpha_sigma, s.scoring, s.complement)  # fmt: skip
+        before = [p.detach().clone() for p in (self.mask.w, self.mask.sigma)]
+        self._pending = (rows, loss.detach(), self.active.clone(), before)
+        if inner.watched(self.trainer):  # for callbacks (EarlyStopping) and loggers; a lean run skips the cost
+            self.log("loss", loss.detach().mean(), batch_size=len(rows))
+        return loss.sum()  # a sum, not a mean: each instance's gradient is its own
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        """After the AdamW step: stopped rows back to their values, σ projected, the trace and early stops updated."""
+        rows, value, active, before = self._pending
+        s = self.settings
+        with torch.no_grad():
+            for p, old in zip((self.mask.w, self.mask.sigma), before):
+                p.copy_(torch.where(active[:, None], p, old))  # stopped instances stay frozen
+            self.mask.sigma.clamp_(min=SIGMA_MIN)
+        self.taken[rows] += 1
+        self.losses[rows, self.step_count] = value
+        self.step_count += 1
+        if s.patience is not None:
+            improved = value < self.best[rows] - s.min_delta
+            self.best[rows] = torch.where(improved, value, self.best[rows])
+            self.since[rows] = torch.where(improved, 0, self.since[rows] + 1)
+            self.active[rows] = self.since[rows] < s.patience
+        if not self.active.any():
+            self.trainer.should_stop = True
+
+    def result(self) -> MaRCResult:
+        """λ (no noise, no flips), the parameters, the steps each row took and its loss trace."""
+        with torch.no_grad():
+            return MaRCResult(self.mask.token_mask(), self.mask, self.taken, self.losses)
+
+    def _draw(self, lam_words: Tensor, rows: Tensor, t: int, hidden: int) -> tuple[Tensor, Tensor]:
         """Per-row random flips of λ (all rows, [batch, words]) and noise [2, rows, t, hidden] from each row's generator."""
+        s = self.settings
         flip = torch.zeros(lam_words.shape, dtype=torch.bool)
         value = torch.zeros(lam_words.shape)
         noise = torch.zeros(2, len(rows), t, hidden)
         for k, r in enumerate(rows.tolist()):
-            g, n = generators[r], int(n_words[r])
-            flip[r, :n] = torch.rand(n, generator=g) < self.flip_prob
+            g, n, length = self.generators[r], int(self.n_words[r]), self.lengths[r]
+            flip[r, :n] = torch.rand(n, generator=g) < s.flip_prob
             value[r, :n] = (torch.rand(n, generator=g) < 0.5).float()
-            noise[:, k, : lengths[r]] = torch.randn(2, lengths[r], hidden, generator=g) * self.noise_std
+            noise[:, k, :length] = torch.randn(2, length, hidden, generator=g) * s.noise_std
         flip, value = flip.to(lam_words.device), value.to(lam_words.device, lam_words.dtype)
         return torch.where(flip, value, lam_words), noise.to(lam_words.device)

@@ -16,8 +16,8 @@ import hashlib
 import torch
 from torch import Tensor
 
-from amlx.attributors.marc import MaRC, MaRCResult, word_positions
-from amlx.methods.base import AttributionMethod, register_method
+from amlx.attributors.marc import MaRC, MaRCModule, MaRCResult, word_positions
+from amlx.methods.base import AttributionMethod, Target, register_method, resolve_targets
 from amlx.methods.integrated_gradients import reference_embeddings
 from amlx.models.explained import Encoded
 
@@ -99,6 +99,33 @@ class MaRCMethod(AttributionMethod):
         self.last_fit: MaRCResult | None = None  # the last internal batch's optimization, a row per segment
 
     def scores(self, enc: Encoded, model, target: Tensor) -> Tensor:
+        seg, origin, args = self._prepare(enc, model, target)
+        with torch.enable_grad():
+            fit = self.optim.fit(model, *args)
+        self.last_fit = fit
+        out = torch.zeros(enc.input_ids.shape, dtype=torch.float64)
+        lam = fit.token_mask.detach().double().cpu()
+        for r, (b, _, start, prefix, weight) in enumerate(origin):
+            out[b, start : start + len(weight)] += weight * lam[r, prefix : prefix + len(weight)]
+        return out
+
+    def module(self, inputs: str | list[str] | Encoded, model, target: Target = None) -> MaRCModule:
+        """The LightningModule of the masks of ``inputs`` (one row per segment), for a Trainer of your own.
+
+        ``target``: as in ``attribute`` (None: the predicted classes). Fit it with ``lightning.Trainer(max_epochs=steps,
+        ...).fit(module)`` on the explained model's device (an epoch is one step); ``module.result().token_mask`` [rows, tokens] is λ on
+        the tokens of ``model.encode(inputs)`` (of each segment's row when ``segment_tokens`` splits a text).
+        """
+        enc = (inputs if isinstance(inputs, Encoded) else model.encode(inputs)).to(model.device)
+        targets = resolve_targets(target, len(enc), model)
+        if targets is None:
+            with torch.no_grad():
+                targets = model.probs(input_ids=enc.input_ids, attention_mask=enc.attention_mask).argmax(-1)
+        _, _, args = self._prepare(enc, model, targets.to(model.device))
+        return self.optim.module(model, *args)
+
+    def _prepare(self, enc: Encoded, model, target: Tensor) -> tuple[Encoded, list, tuple]:
+        """The segment rows, their origins and the arguments of ``MaRC.fit`` after ``model``."""
         seg, origin = self._segments(enc)
         baseline = reference_embeddings(seg, model, self.baseline)  # b where masked, x elsewhere (λ = 1)
         x = model.embed(seg.input_ids).detach()
@@ -106,15 +133,8 @@ class MaRCMethod(AttributionMethod):
         gens = [torch.Generator().manual_seed(instance_seed(self.seed, seg.texts[r], k)) for r, (_, k, _, _, _) in
                 enumerate(origin)]  # fmt: skip
         seg_target = target[[b for b, *_ in origin]]
-        with torch.enable_grad():
-            fit = self.optim.fit(model, x, baseline, seg.attention_mask, positions.to(x.device), n_words,
-                                 seg_target, gens, model.token_type_ids(seg.input_ids, seg.attention_mask))  # fmt: skip
-        self.last_fit = fit
-        out = torch.zeros(enc.input_ids.shape, dtype=torch.float64)
-        lam = fit.token_mask.detach().double().cpu()
-        for r, (b, _, start, prefix, weight) in enumerate(origin):
-            out[b, start : start + len(weight)] += weight * lam[r, prefix : prefix + len(weight)]
-        return out
+        types = model.token_type_ids(seg.input_ids, seg.attention_mask)
+        return seg, origin, (x, baseline, seg.attention_mask, positions.to(x.device), n_words, seg_target, gens, types)
 
     def _segments(self, enc: Encoded) -> tuple[Encoded, list[tuple[int, int, int, int, Tensor]]]:
         """One row per segment (prefix + text tokens [s, e) + suffix) and, per row, (example, segment index,

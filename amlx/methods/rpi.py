@@ -17,7 +17,8 @@ never sees the evaluation perturbations (variant ``proxy:mean``).
 Implementation: the probabilities are read and replaced through ``amlx.models.attention_patch`` (transformers'
 ``AttentionInterface``; no modeling-file copies). All R·n interpolants of an example go through the model as rows of
 ``internal_batch_size``-row passes, one backward per pass; the blocks below l are not re-run (their output is
-computed once per example and reused). The interpolant is computed as A + (1 − α)(b − A), equal to Eq. 3 up to
+computed once per example and reused). The baselines and the integration of a batch are a LightningModule
+(``RPIModule``, one group per ``predict_step``). The interpolant is computed as A + (1 − α)(b − A), equal to Eq. 3 up to
 rounding and exactly A at α = 1. The baseline is sampled only where the model may attend (``baseline_support=
 "allowed"``: never on padding, and causal for decoders) or everywhere but padding (``"full"``, the paper's
 unrestricted h×k×k tensor). Cost: 1 + |J|·R·n forward rows (from layer l up) and backward rows per example, plus the
@@ -30,9 +31,12 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import lightning as L
 import torch
 from torch import Tensor, nn
 
+from amlx.attributors.aml import _Frozen
+from amlx.attributors.inner import Batches
 from amlx.methods.attention import prediction_rows
 from amlx.methods.base import OUTPUTS, AttributionMethod, class_outputs, register_method
 from amlx.methods.diffusion import NOISE_SCALES, alpha_bar, sample_baselines
@@ -205,27 +209,60 @@ class RPI(AttributionMethod):
 
     def candidate_maps(self, enc: Encoded, model, target: Tensor) -> tuple[Tensor, Tensor]:
         """The pool M^J: maps [B, |J|·R, tokens] (layer-major) and the class probabilities F(x) [B, classes]."""
-        layers = resolve_layers(model, self.layers)
-        per_group = max(1, self.internal_batch_size // (self.n_baselines * self.n_steps))
-        maps, logits = [], []
-        for start in range(0, len(enc), per_group):
-            group = enc.select(slice(start, start + per_group))
-            cap = capture(model, group, layers, self.reuse_prefix)
-            tgt = target[start : start + per_group]
-            pool = []
-            for layer in layers:
-                allowed = cap.allowed[layer]
-                if self.baseline_support == "full":  # everything but padded keys (rows of padding are never read)
-                    allowed = group.attention_mask.bool()[:, None, None, :].expand_as(allowed)
-                base = sample_baselines(cap.probs[layer], allowed, self.n_baselines, self.alpha_bars,
-                                        self.noise_scale, self.generator)  # fmt: skip
-                pool.append(path_integral(model, group, tgt, cap, layer, base, self.n_steps, self.output,
-                                          self.difference_factor, self.internal_batch_size))  # fmt: skip
-            m = torch.cat(pool, 1)
-            maps.append(nn.functional.pad(m, (0, enc.input_ids.shape[1] - m.shape[-1])))
-            logits.append(cap.logits)
-        return torch.cat(maps), torch.cat(logits).float().softmax(-1)
+        module = self.module(enc, model, target)
+        out = [module.predict_step(group, i) for i, group in enumerate(module.groups)]
+        return torch.cat([m for m, _ in out]), torch.cat([logits for _, logits in out]).float().softmax(-1)
+
+    def module(self, enc: Encoded, model, target: Tensor) -> RPIModule:
+        """The LightningModule that draws the baselines of ``enc`` and integrates along their paths (``RPIModule``)."""
+        return RPIModule(self, model, enc, target)
 
     def scores(self, enc: Encoded, model, target: Tensor) -> Tensor:
         maps, probs = self.candidate_maps(enc, model, target)
         return select_maps(model, enc, maps, target, probs, self.selection, self.metric)
+
+
+class RPIModule(L.LightningModule):
+    """RPI's sampled diffusion baselines and path integrals (Eqs. 3–4) for a batch, one group per ``predict_step``.
+
+    ``groups``: (start, stop) rows of ``enc``, sized so that a group's R·n interpolants fill about one pass;
+    ``predict_step`` draws the group's baselines from the method's generator and returns its candidate maps [rows,
+    |J|·R, tokens] and F's logits [rows, classes]. There is nothing to optimize, hence no ``training_step``: the
+    method calls ``predict_step`` on each group itself, in order (the generator is consumed in that order), because
+    a Trainer would manage nothing here — the explained model already sits on its device, a precision plugin would
+    change the very attention probabilities being integrated, and each ``Trainer.predict`` costs start-up time.
+    ``lightning.Trainer(inference_mode=False).predict(module)`` runs the same steps on ``predict_dataloader`` and
+    gives the same maps (tested); ``inference_mode=False`` because Eq. 4 needs gradients. The explained model is
+    held outside the module tree.
+    """
+
+    def __init__(self, rpi: RPI, model, enc: Encoded, target: Tensor) -> None:
+        super().__init__()
+        object.__setattr__(self, "_frozen", _Frozen())
+        self._frozen.model = model
+        self.rpi, self.enc, self.target = rpi, enc, target
+        self.layers = resolve_layers(model, rpi.layers)
+        per_group = max(1, rpi.internal_batch_size // (rpi.n_baselines * rpi.n_steps))
+        self.groups = [(s, min(s + per_group, len(enc))) for s in range(0, len(enc), per_group)]
+
+    def predict_dataloader(self) -> Batches:
+        return Batches(self.groups)
+
+    def predict_step(self, batch: tuple[int, int], batch_idx: int = 0) -> tuple[Tensor, Tensor]:
+        """Candidate maps [rows, |J|·R, tokens] (padded to the batch's tokens) and logits of the rows [start, stop)."""
+        rpi, model = self.rpi, self._frozen.model
+        start, stop = batch
+        group = self.enc.select(slice(start, stop))
+        cap = capture(model, group, self.layers, rpi.reuse_prefix)
+        tgt = self.target[start:stop]
+        pool = []
+        for layer in self.layers:
+            allowed = cap.allowed[layer]
+            if rpi.baseline_support == "full":  # everything but padded keys (rows of padding are never read)
+                allowed = group.attention_mask.bool()[:, None, None, :].expand_as(allowed)
+            base = sample_baselines(cap.probs[layer], allowed, rpi.n_baselines, rpi.alpha_bars, rpi.noise_scale,
+                                    rpi.generator)  # fmt: skip
+            pool.append(path_integral(model, group, tgt, cap, layer, base, rpi.n_steps, rpi.output,
+                                      rpi.difference_factor, rpi.internal_batch_size))  # fmt: skip
+        m = torch.cat(pool, 1)
+        return nn.functional.pad(m, (0, self.enc.input_ids.shape[1] - m.shape[-1])), cap.logits
