@@ -96,6 +96,9 @@ class Ensemble(AttributionMethod):
             method = get(name, **opts, seed=self.seed)
         return method
 
+    def reseed(self, seed: int) -> None:
+        self.seed = seed  # the members that set no seed of their own get it
+
     def attribute(self, inputs: str | list[str] | Encoded, model, target: Target = None,
                   member_records: Sequence[list[Attribution] | None] | None = None) -> list[Attribution]:  # fmt: skip
         """Every member's records (computed unless given in ``member_records``), combined per example."""
