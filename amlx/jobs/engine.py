@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import re
 import time
 import warnings
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from torch.utils.data import DataLoader
 
 from amlx.data.rationales import rationale_tokens
 from amlx.errors import UserError
+from amlx.jobs.run_files import rank_file, rank_files
 from amlx.methods.base import AttributionMethod
 from amlx.methods.ensemble import Ensemble
 from amlx.methods.specs import MethodSpec
@@ -253,34 +253,6 @@ def _done_indices(scores_path: Path, config_key: str, digest: str | None = None)
         log.warning("%s: %d rows predate checkpoint digests; their checkpoint version cannot be checked",
                     scores_path, unverified)  # fmt: skip
     return done
-
-
-RANK_SUFFIX = re.compile(r"\.rank(\d+)$")
-
-
-def rank_file(folder: Path, label: str, rank: int) -> Path:
-    """The file of ``label`` that ``rank`` writes: ``<label>.jsonl`` for rank 0, ``<label>.rank<r>.jsonl`` otherwise."""
-    return folder / (f"{label}.jsonl" if rank == 0 else f"{label}.rank{rank}.jsonl")
-
-
-def rank_files(folder: Path, label: str) -> list[Path]:
-    """Every rank's file of ``label`` in ``folder`` (rank 0's first), those that exist."""
-    if not folder.is_dir():
-        return []
-    ranks = {0} if (folder / f"{label}.jsonl").exists() else set()
-    prefix = f"{label}.rank"
-    for p in folder.iterdir():
-        if p.name.startswith(prefix) and p.suffix == ".jsonl":
-            m = RANK_SUFFIX.search(p.stem)
-            if m and p.stem[: m.start()] == label:
-                ranks.add(int(m[1]))
-    return [rank_file(folder, label, r) for r in sorted(ranks)]
-
-
-def run_labels(folder: Path) -> list[str]:
-    """The method labels with files in ``folder`` (rank files counted under their label), sorted."""
-    stems = {p.stem for p in folder.glob("*.jsonl")} if folder.is_dir() else set()
-    return sorted({RANK_SUFFIX.sub("", s) for s in stems})
 
 
 def committed_rows(out: Path, label: str, config_key: str, digest: str | None) -> dict[int, dict]:
