@@ -170,3 +170,20 @@ def test_bf16_mixed_precision_forward_passes_stay_near_fp32(run_setup):
 
 BF16_PROB_TOL = 0.02
 BF16_TABLE_TOL = 0.05
+
+
+def test_explain_shards_on_chunk_boundaries_give_the_seeded_maps_of_the_unsharded_run(run_setup, tmp_path):
+    """``explain.py explain --start``: each chunk is reseeded by the dataset row of its first text, so a shard that
+    starts on a chunk boundary draws what the unsharded run drew (random's maps, not only occlusion's)."""
+    from amlx.jobs.explain import explain
+
+    root, kw = run_setup
+    common = dict(model=kw["model"], methods=["random", "lime"], method_options={"lime": {"n_samples": 16}},
+                  dataset=kw["dataset"], split="test", data=kw["data"], html=False, terminal=False, chunk_size=3)  # fmt: skip
+    whole = explain(**common, n=9, out_dir=str(tmp_path / "whole"))
+    shards = explain(**common, n=3, out_dir=str(tmp_path / "a")) + explain(**common, n=6, start=3,
+                                                                            out_dir=str(tmp_path / "b"))  # fmt: skip
+    got = {(r.method, r.example_id): r for r in shards}
+    assert len(got) == len(whole) == 18
+    for r in whole:
+        np.testing.assert_array_equal(got[r.method, r.example_id].scores, r.scores)

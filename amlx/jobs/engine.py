@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 from amlx.data.rationales import rationale_tokens
 from amlx.errors import UserError
 from amlx.jobs.run_files import rank_file, rank_files
-from amlx.methods.base import AttributionMethod
+from amlx.methods.base import AttributionMethod, Target
 from amlx.methods.ensemble import Ensemble
 from amlx.methods.specs import MethodSpec
 from amlx.models import ExplainedModel, resolve_device
@@ -265,24 +265,57 @@ def committed_rows(out: Path, label: str, config_key: str, digest: str | None) -
 
 
 def seed_and_attribute(method: AttributionMethod, opts: dict, seed: int, start: int, inputs: list[Input],
-                       model: ExplainedModel) -> list[Attribution]:  # fmt: skip
+                       model: ExplainedModel, target: Target = None) -> list[Attribution]:  # fmt: skip
     """The records of the chunk at ``start``: the method reseeded with (its own seed or ``seed``) + ``start``, torch
     with ``seed + start``; the same draws as a method constructed anew for the chunk."""
     method.reseed(opts.get("seed", seed) + start)
     torch.manual_seed(seed + start)
-    return method.attribute(inputs, model)
+    return method.attribute(inputs, model, target=target)
 
 
 def options_key(opts: dict) -> str:
     return json.dumps(opts, sort_keys=True)
 
 
-class MethodRun:
-    """One entry of ``methods`` in a run: its method (built once), files, configuration key and committed rows."""
+def chunks_of(n: int, chunk_size: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each chunk of ``n`` examples: the same boundaries for every run and number of ranks."""
+    return [(start, min(start + chunk_size, n)) for start in range(0, n, chunk_size)]
 
-    def __init__(self, spec: MethodSpec, settings: dict, out: Path) -> None:
+
+class ChunkJob:
+    """What one ``Trainer.predict`` computes and writes: the chunks of one method (``ScoredMethod``, ``RecordedMethod``).
+
+    ``repair`` runs on rank 0 before any rank reads the files, ``load_done`` on every rank; ``compute`` is a predict
+    step's work and ``commit`` writes its result on the rank that computed it.
+    """
+
+    label: str
+
+    def repair(self) -> None: ...
+
+    def load_done(self) -> None: ...
+
+    def todo(self, chunks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        raise NotImplementedError
+
+    def n_done(self) -> int:
+        raise NotImplementedError
+
+    def compute(self, start: int, stop: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def commit(self, prediction: dict[str, Any], rank: int) -> None:
+        raise NotImplementedError
+
+
+class ScoredMethod(ChunkJob):
+    """One entry of an evaluate run's ``methods``: records and score rows per chunk, committed by the score rows."""
+
+    def __init__(self, spec: MethodSpec, settings: dict, out: Path, examples: Examples, explained: ExplainedModel,
+                 evaluator, seed: int) -> None:  # fmt: skip
         self.spec, self.label, self.out = spec, spec.label, out
-        self.method = spec.build()
+        self.examples, self.explained, self.evaluator, self.seed = examples, explained, evaluator, seed
+        self.method = spec.build()  # once per run; reseeded per chunk
         variant = getattr(self.method, "variant", "") or ""
         if spec.alias != spec.name:  # two runs of one method must stay distinguishable in the table
             variant = f"{variant} [{spec.alias}]".strip()
@@ -290,8 +323,9 @@ class MethodRun:
         self.config_key = json.dumps({**settings, "method": spec.name, "options": spec.options}, sort_keys=True)
         self.digest = checkpoint_digest(spec.options)
         self.done: dict[int, dict] = {}
-        # ensemble members: (name, options) → the built member, or the label whose records the run reuses
-        self.members: list[tuple[str, dict, AttributionMethod | str]] = []
+        # ensemble members: (options, the member built once or the label of the run's method whose records it reuses)
+        self.members: list[tuple[dict, AttributionMethod | str]] = []
+        self._member_cache: dict[str, dict[str, Attribution]] = {}
 
     @property
     def is_ensemble(self) -> bool:
@@ -303,10 +337,9 @@ class MethodRun:
 
         for name, opts in self.method.members:
             source = evaluated.get((name, options_key(opts)))
-            self.members.append((name, opts, source if source is not None else get(name, **opts)))
+            self.members.append((opts, source if source is not None else get(name, **opts)))
 
-    def recover(self) -> None:
-        """Repair every rank's pair of files after an interrupted run (rank 0 only, before any rank reads them)."""
+    def repair(self) -> None:
         for scores in rank_files(self.out / "scores", self.label):
             suffix = scores.name[len(self.label) :]
             _recover(scores, self.out / "attributions" / f"{self.label}{suffix}")
@@ -314,31 +347,23 @@ class MethodRun:
     def load_done(self) -> None:
         self.done = committed_rows(self.out, self.label, self.config_key, self.digest)
 
+    def todo(self, chunks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        return [(a, b) for a, b in chunks if not all(i in self.done for i in range(a, b))]
 
-class Engine:
-    """What a run computes per chunk: a method's records (stamped) and, with an evaluator, their metric values."""
+    def n_done(self) -> int:
+        return sum(1 for i in self.done if i < len(self.examples))
 
-    def __init__(self, explained: ExplainedModel, examples: Examples, evaluator, seed: int, chunk_size: int,
-                 out: Path, progress: bool) -> None:  # fmt: skip
-        self.explained, self.examples, self.evaluator = explained, examples, evaluator
-        self.seed, self.chunk_size, self.out, self.progress = seed, chunk_size, out, progress
-        self._member_cache: dict[str, dict[str, Attribution]] = {}
-
-    def chunks(self, n: int) -> list[tuple[int, int]]:
-        return [(start, min(start + self.chunk_size, n)) for start in range(0, n, self.chunk_size)]
-
-    def attribute(self, run: MethodRun, start: int, stop: int) -> list[Attribution]:
-        """The stamped records of examples ``start .. stop - 1`` by ``run``'s method, seeded for the chunk."""
+    def attribute(self, start: int, stop: int) -> list[Attribution]:
+        """The stamped records of examples ``start .. stop - 1``, seeded for the chunk."""
         idx = range(start, stop)
         inputs = [self.examples.texts[i] for i in idx]
-        if run.is_ensemble:
-            member_recs = [self._member(m, opts, start, idx, inputs) for _, opts, m in run.members]
-            recs = run.method.combine(member_recs)
-            reused = [isinstance(m, str) for *_, m in run.members]
+        if self.is_ensemble:
+            recs = self.method.combine([self._member(m, opts, start, idx, inputs) for opts, m in self.members])
+            reused = [isinstance(m, str) for _, m in self.members]
             for r in recs:
                 r.meta["reused"] = reused
         else:
-            recs = seed_and_attribute(run.method, run.spec.options, self.seed, start, inputs, self.explained)
+            recs = seed_and_attribute(self.method, self.spec.options, self.seed, start, inputs, self.explained)
         self.examples.stamp(recs, idx)
         return recs
 
@@ -350,9 +375,8 @@ class Engine:
                                           for r in load_jsonl(path)}  # fmt: skip
         return [self._member_cache[member][self.examples.ids[i]] for i in idx]
 
-    def evaluate(self, run: MethodRun, start: int, stop: int) -> dict[str, Any]:
-        """The chunk's records and score rows (not yet written)."""
-        recs = self.attribute(run, start, stop)
+    def compute(self, start: int, stop: int) -> dict[str, Any]:
+        recs = self.attribute(start, stop)
         t0 = time.perf_counter()
         values = self.evaluator.evaluate(recs)
         eval_sec = (time.perf_counter() - t0) / len(recs)
@@ -360,29 +384,36 @@ class Engine:
         rows = []
         for j, (i, r) in enumerate(zip(range(start, stop), recs)):
             rows.append({"index": i, "example_id": self.examples.ids[i], "chunk": [start, stop],
-                         "config": run.config_key, **({"checkpoint_sha256": run.digest} if run.digest else {}),
-                         "seconds": r.seconds, "eval_seconds": eval_sec,
-                         **{m: float(values[m][j]) for m in names},
+                         "config": self.config_key, **({"checkpoint_sha256": self.digest} if self.digest else {}),
+                         "seconds": r.seconds, "eval_seconds": eval_sec, **{m: float(values[m][j]) for m in names},
                          "curves": {m: points[j] for m, points in self.evaluator.curves.items()}})  # fmt: skip
         return {"records": recs, "rows": rows}
 
+    def commit(self, prediction: dict[str, Any], rank: int) -> None:
+        """Records appended first, then the chunk's score rows in one write: the score rows commit the chunk."""
+        save_jsonl(prediction["records"], rank_file(self.out / "attributions", self.label, rank), append=True)
+        scores_path = rank_file(self.out / "scores", self.label, rank)
+        scores_path.parent.mkdir(parents=True, exist_ok=True)
+        with scores_path.open("a") as f:
+            f.write("".join(json.dumps(row) + "\n" for row in prediction["rows"]))  # a kill leaves a short chunk
+        for row in prediction["rows"]:
+            self.done[row["index"]] = row
+
 
 class ChunkData(LightningDataModule):
-    """The chunks of one method that no rank has committed yet; one predict batch is one chunk ``(start, stop)``."""
+    """The chunks of one job that no rank has committed yet; one predict batch is one chunk ``(start, stop)``."""
 
-    def __init__(self, engine: Engine, run: MethodRun, n: int) -> None:
+    def __init__(self, job: ChunkJob, chunks: list[tuple[int, int]]) -> None:
         super().__init__()
-        self.engine, self.run, self.n = engine, run, n
+        self.job, self.chunks = job, chunks
         self.todo: list[tuple[int, int]] = []
 
     def setup(self, stage: str) -> None:
-        strategy = self.trainer.strategy
         if self.trainer.is_global_zero:
-            self.run.recover()
-        strategy.barrier("amlx-recovered")  # no rank reads a file rank 0 may still be rewriting
-        self.run.load_done()
-        done = self.run.done
-        self.todo = [(a, b) for a, b in self.engine.chunks(self.n) if not all(i in done for i in range(a, b))]
+            self.job.repair()
+        self.trainer.strategy.barrier("amlx-repaired")  # no rank reads a file rank 0 may still be rewriting
+        self.job.load_done()
+        self.todo = self.job.todo(self.chunks)
 
     def predict_dataloader(self) -> DataLoader:
         return DataLoader(self.todo, batch_size=1, collate_fn=_only)
@@ -393,51 +424,54 @@ def _only(batch: list):
 
 
 class Explainer(LightningModule):
-    """Runs the engine on one chunk per predict step; the explained model is a child, so Lightning places it."""
+    """Runs the current job on one chunk per predict step; the explained model is a child, so Lightning places it."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, explained: ExplainedModel) -> None:
         super().__init__()
-        self.engine = engine
-        self.explained = engine.explained
-        self.run: MethodRun | None = None
+        self.explained = explained
+        self.job: ChunkJob | None = None
 
     def predict_step(self, batch: tuple[int, int], batch_idx: int) -> dict[str, Any]:
         start, stop = (int(v) for v in batch)
         with torch.enable_grad():  # gradient methods and fAML need autograd (the Trainer runs without inference mode)
-            return {"chunk": (start, stop), **self.engine.evaluate(self.run, start, stop)}
+            return {"chunk": (start, stop), **self.job.compute(start, stop)}
 
 
 class ChunkWriter(BasePredictionWriter):
-    """Commits each chunk on the rank that computed it: records appended first, then its score rows in one write."""
+    """Commits each chunk on the rank that computed it (``ChunkJob.commit``); rank 0 shows the progress."""
 
-    def __init__(self, out: Path, n: int, progress: bool) -> None:
+    def __init__(self, n: int, progress: bool) -> None:
         super().__init__(write_interval="batch")
-        self.out, self.n, self.progress = out, n, progress
-        self.run: MethodRun | None = None
+        self.n, self.progress = n, progress
+        self.job: ChunkJob | None = None
         self._bar: Progress | None = None
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        done = sum(1 for i in self.run.done if i < self.n)
         self._world = trainer.world_size
-        self._bar = Progress(self.n, self.run.label, enabled=self.progress and trainer.is_global_zero, initial=done)
-        self._bar.__enter__()
+        self._bar = Progress(self.n, self.job.label, enabled=self.progress and trainer.is_global_zero,
+                             initial=self.job.n_done())  # fmt: skip
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._bar.close()
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
-        rank = trainer.global_rank
-        records_path = rank_file(self.out / "attributions", self.run.label, rank)
-        scores_path = rank_file(self.out / "scores", self.run.label, rank)
-        save_jsonl(prediction["records"], records_path, append=True)  # records first: the score rows commit the chunk
-        scores_path.parent.mkdir(parents=True, exist_ok=True)
-        with scores_path.open("a") as f:
-            f.write("".join(json.dumps(row) + "\n" for row in prediction["rows"]))  # one write: a kill leaves a short chunk
-        for row in prediction["rows"]:
-            self.run.done[row["index"]] = row
+        self.job.commit(prediction, trainer.global_rank)
         start, stop = prediction["chunk"]
         # rank 0 sees only its share of the chunks: it counts each of them for every rank (an estimate in DDP)
         self._bar.update(min((stop - start) * self._world, self.n - self._bar.done))
+
+
+def run_jobs(explained: ExplainedModel, jobs: list[ChunkJob], chunks: list[tuple[int, int]], n: int,
+             progress: bool = True, device: str = "auto", trainer: TrainerOptions | dict | None = None) -> Trainer:
+    """``Trainer.predict`` over the chunks of each job in turn, then a barrier: every rank's files are complete."""
+    writer = ChunkWriter(n, progress)
+    pl_trainer = make_trainer(device, trainer, [writer])
+    module = Explainer(explained)
+    for job in jobs:
+        module.job = writer.job = job
+        pl_trainer.predict(module, datamodule=ChunkData(job, chunks), return_predictions=False)
+    pl_trainer.strategy.barrier("amlx-all-committed")  # every rank's last chunk is on disk
+    return pl_trainer
 
 
 def summarize(values: list[float]) -> tuple[float, float]:
@@ -453,27 +487,20 @@ def run_methods(
     explained: ExplainedModel, examples: Examples, specs: list[MethodSpec], evaluator, settings: dict, seed: int,
     chunk_size: int, out: Path, progress: bool = True, device: str = "auto",
     trainer: TrainerOptions | dict | None = None,
-) -> tuple[dict[str, list[dict]], list[MethodRun], bool]:
+) -> tuple[dict[str, list[dict]], list[ScoredMethod], bool]:
     """Attribute and score ``examples`` with every method (ensembles last); resumes from ``out``'s files.
 
     Returns the committed score rows per label (in example order, every rank's), the method runs in the order of
     ``specs``, and whether this process is rank 0 (the one that writes tables).
     """
     n = len(examples)
-    runs = [MethodRun(s, settings, out) for s in specs]
+    runs = [ScoredMethod(s, settings, out, examples, explained, evaluator, seed) for s in specs]
     evaluated = {(r.spec.name, options_key(r.spec.options)): r.label for r in runs if not r.is_ensemble}
     for r in runs:
         if r.is_ensemble:
             r.link_members(evaluated)
-    engine = Engine(explained, examples, evaluator, seed, chunk_size, out, progress)
-    writer = ChunkWriter(out, n, progress)
-    pl_trainer = make_trainer(device, trainer, [writer])
-    module = Explainer(engine)
-    for run in sorted(runs, key=lambda r: r.is_ensemble):  # ensembles last: the members they reuse are on disk
-        module.run = writer.run = run
-        pl_trainer.predict(module, datamodule=ChunkData(engine, run, n), return_predictions=False)
-    if pl_trainer.world_size > 1:
-        pl_trainer.strategy.barrier("amlx-all-committed")  # every rank's last chunk is on disk
+    ordered = sorted(runs, key=lambda r: r.is_ensemble)  # ensembles last: the members they reuse are on disk
+    pl_trainer = run_jobs(explained, ordered, chunks_of(n, chunk_size), n, progress, device, trainer)
     per_label = {}
     for run in runs:
         run.load_done()

@@ -97,7 +97,7 @@ def evaluate(
 
 def evaluate_model(
     explained: ExplainedModel, model: str, specs: list[method_registry.MethodSpec], metrics: list[str],
-    dataset: str, split: str, n: int, seed: int, chunk_size: int, max_tokens: int = 8192,
+    dataset: str, split: str, n: int, seed: int, chunk_size: int = 32, max_tokens: int = 8192,
     perturbation: str | None = None, unit: str | None = None, rounding: str | None = None,
     agreement_unit: str | None = None, model_options: dict | None = None, data: dict | None = None,
     out_dir: str = "outputs/evaluate", results_name: str | None = None, progress: bool = True, device: str = "auto",
