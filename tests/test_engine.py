@@ -187,3 +187,11 @@ def test_explain_shards_on_chunk_boundaries_give_the_seeded_maps_of_the_unsharde
     assert len(got) == len(whole) == 18
     for r in whole:
         np.testing.assert_array_equal(got[r.method, r.example_id].scores, r.scores)
+
+
+def test_an_unknown_trainer_option_is_refused_before_the_model_loads_with_the_valid_ones():
+    from amlx.jobs.engine import TrainerOptionsError
+    from amlx.jobs.evaluate import evaluate
+
+    with pytest.raises(TrainerOptionsError, match="unknown trainer options \\['device'\\].*devices, strategy"):
+        evaluate(model="(never loaded)", methods=["random"], trainer={"device": 2})

@@ -59,6 +59,10 @@ class IncompleteRunError(RuntimeError):
     """After every rank finished, some example has no committed score row (a bug, never a user error)."""
 
 
+class TrainerOptionsError(UserError, ValueError):
+    """``trainer`` names an option the job's Trainer does not take."""
+
+
 @dataclasses.dataclass
 class TrainerOptions:
     """Lightning ``Trainer`` settings of a job (``--trainer.devices 2 --trainer.strategy ddp``).
@@ -83,12 +87,10 @@ def trainer_options(options: TrainerOptions | dict | None) -> TrainerOptions:
     valid = [f.name for f in dataclasses.fields(TrainerOptions)]
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise TrainerOptionsError(f"unknown trainer options {unknown}; the trainer options are: {', '.join(valid)}")
+        raise TrainerOptionsError(
+            f"unknown trainer options {unknown}; the trainer options are: {', '.join(valid)} (--trainer.devices 2)"
+        )
     return TrainerOptions(**options)
-
-
-class TrainerOptionsError(UserError, ValueError):
-    """``trainer`` names an option the job's Trainer does not take."""
 
 
 def make_trainer(device: str, options: TrainerOptions | dict | None, callbacks: list) -> Trainer:

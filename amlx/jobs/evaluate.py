@@ -38,6 +38,7 @@ from amlx.jobs.engine import (  # noqa: F401  (the evaluate job's resume API, im
     checkpoint_digest,
     run_methods,
     summarize,
+    trainer_options,
 )
 from amlx.models import ExplainedModel
 from amlx.models.explained import check_model_options
@@ -87,6 +88,7 @@ def evaluate(
     specs = method_registry.parse_methods(methods, method_options)  # before the model loads: a typo fails fast
     check_model_options(model_options)
     metric_registry.check_names(metrics)
+    trainer = trainer_options(trainer)
     explained = ExplainedModel.from_pretrained(model, kind=kind, **(model_options or {}))
     return evaluate_model(explained, model=model, specs=specs, metrics=metrics, dataset=dataset, split=split, n=n,
                           seed=seed, chunk_size=chunk_size, max_tokens=max_tokens, perturbation=perturbation,

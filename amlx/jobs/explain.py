@@ -12,7 +12,14 @@ from pathlib import Path
 from amlx import methods as method_registry
 from amlx import render
 from amlx.errors import UserError
-from amlx.jobs.engine import ChunkJob, TrainerOptions, chunks_of, run_jobs, seed_and_attribute
+from amlx.jobs.engine import (
+    ChunkJob,
+    TrainerOptions,
+    chunks_of,
+    run_jobs,
+    seed_and_attribute,
+    trainer_options,
+)
 from amlx.jobs.run_files import rank_file, rank_files
 from amlx.methods.specs import MethodSpec
 from amlx.models.explained import EmptyTextError, ExplainedModel, check_model_options
@@ -131,6 +138,7 @@ def explain(
     check_model_options(model_options)
     if start and dataset is None:
         raise TextSourceError(f"start={start} applies to a dataset split only; texts and files start at their first line")
+    trainer = trainer_options(trainer)
     batch, ids, labels = load_texts(texts, file, dataset, split, n, seed, data, start)
     explained = ExplainedModel.from_pretrained(model, kind=kind, **(model_options or {}))
     out = Path(out_dir)
