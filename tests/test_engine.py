@@ -92,7 +92,8 @@ def run_setup(tmp_path_factory):
     # 66 examples in chunks of 8: 9 chunks, an odd number, so a padding sampler would give one rank a duplicate
     kw = {"model": str(root / "model"), "dataset": str(root / "data.jsonl"), "split": "test", "n": 66,
           "chunk_size": 8, "seed": 0, "progress": False, "metrics": ["comp", "suff", "aopc_comp"],
-          "methods": ["random", "occlusion", "marc"], "method_options": {"marc": {"steps": 2, "patience": None}},
+          "methods": ["random", "occlusion", "marc", "ens=ensemble"],
+          "method_options": {"marc": {"steps": 2, "patience": None}, "ens": {"members": ["random", "occlusion"]}},
           "data": {"test_size": 70, "val_size": 10}}  # fmt: skip
     return root, kw
 
@@ -105,9 +106,10 @@ def _records(out: Path, label: str) -> list:
     return [r for path in rank_files(out / "attributions", label) for r in load_jsonl(path)]
 
 
-def test_two_ddp_processes_write_the_table_and_records_of_one_process(run_setup):
+def test_two_ddp_processes_write_the_table_and_records_of_one_process(run_setup, monkeypatch):
     """``explain.py evaluate --trainer.devices 2 --trainer.strategy ddp`` (gloo on the CPU): each rank commits whole
-    chunks to its own files, no example is lost or duplicated, and the table equals one process's to 1e-6."""
+    chunks to its own files, no example is lost or duplicated, the ensemble reuses its members' records from both
+    ranks' files, the table equals one process's to 1e-6, and a one-process resume finds every chunk done."""
     from amlx.jobs.evaluate import evaluate
 
     root, kw = run_setup
@@ -138,7 +140,17 @@ def test_two_ddp_processes_write_the_table_and_records_of_one_process(run_setup)
         for r in recs:
             np.testing.assert_allclose(r.scores, single[r.example_id].scores, atol=1e-6)
             assert r.tokens == single[r.example_id].tokens and r.target == single[r.example_id].target
+    for r in _records(two, "ens"):
+        assert r.meta["reused"] == [True, True]
+
+    from amlx.methods.base import AttributionMethod
     from amlx.report import load_run
+
+    calls = []
+    monkeypatch.setattr(AttributionMethod, "attribute", lambda *a, **k: calls.append(a))
+    again = evaluate(out_dir=str(two), **kw)  # chunks committed in either rank's file are not recomputed
+    assert calls == [] and {(r["method"], r["metric"]): r["mean"] for r in again["rows"]} == pytest.approx(
+        {key: mean for key, (mean, _) in want.items()}, abs=1e-6)  # fmt: skip
 
     run = load_run(two)  # the report reads every rank's files under one label
     assert sorted(run.labels) == sorted(one["per_example"])

@@ -2,7 +2,9 @@
 
 Lightning runs it: ``Trainer.predict`` over a ``ChunkData`` module whose items are chunks ``[start, stop)`` of
 ``chunk_size`` examples (one predict batch = one chunk, so chunk boundaries and seeds are the same for any number of
-processes), ``Explainer.predict_step`` attributes and scores a chunk, and the ``ChunkWriter`` callback commits it.
+processes), ``Explainer.predict_step`` computes a chunk and the ``ChunkWriter`` callback commits it, both through a
+``ChunkJob``: ``ScoredMethod`` (records and metric rows; ``explain.py evaluate`` and the main job) or
+``amlx.jobs.explain.RecordedMethod`` (records only; ``explain.py explain``), one ``Trainer.predict`` per method.
 Each method is built once per run; per chunk it is reseeded (``AttributionMethod.reseed(seed + start)``, or
 ``option seed + start`` when the method sets its own) and torch is seeded with ``seed + start``, so a resumed or
 distributed run draws what one uninterrupted process draws. Lightning's predict sampler hands each rank whole chunks
@@ -105,6 +107,7 @@ def make_trainer(device: str, options: TrainerOptions | dict | None, callbacks: 
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
     warnings.filterwarnings("ignore", message=".*length of `DataLoader` across ranks is zero.*")  # a finished method
+    # Lightning's device banner ("GPU available: ...") on every run would bury the job's own lines
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     return Trainer(
         accelerator=accelerator, devices=1 if devices is None else devices, strategy=opts.strategy,
