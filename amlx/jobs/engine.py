@@ -20,6 +20,7 @@ The table is computed after the last method, from all ranks' files, and written 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -47,7 +48,7 @@ from amlx.methods.ensemble import Ensemble
 from amlx.methods.specs import MethodSpec
 from amlx.models import ExplainedModel, resolve_device
 from amlx.pairs import Input
-from amlx.progress import Progress
+from amlx.progress import Progress, quiet
 from amlx.records import Attribution, load_jsonl, save_jsonl
 
 log = logging.getLogger(__name__)
@@ -453,11 +454,14 @@ class ChunkWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._world = trainer.world_size
-        self._bar = Progress(self.n, self.job.label, enabled=self.progress and trainer.is_global_zero,
-                             initial=self.job.n_done())  # fmt: skip
+        self._quiet = contextlib.ExitStack()
+        if not trainer.is_global_zero:
+            self._quiet.enter_context(quiet())  # the methods' own bars (fAML, MaRC) too
+        self._bar = Progress(self.n, self.job.label, enabled=self.progress, initial=self.job.n_done())
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._bar.close()
+        self._quiet.close()
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         self.job.commit(prediction, trainer.global_rank)
