@@ -18,7 +18,6 @@ the same run also evaluates with the same options (docs/evaluation.md).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -92,8 +91,8 @@ class Ensemble(AttributionMethod):
         """Member ``i`` configured as it runs inside this ensemble (seeded with ``seed`` unless it sets one)."""
         name, opts = self.members[i]
         method = get(name, **opts)
-        if "seed" in inspect.signature(type(method)).parameters and "seed" not in opts:
-            method = get(name, **opts, seed=self.seed)
+        if "seed" not in opts:
+            method.reseed(self.seed)  # a no-op for members without a seed
         return method
 
     def reseed(self, seed: int) -> None:
