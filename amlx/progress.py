@@ -9,15 +9,28 @@ per step of the outermost loop only.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import TextIO
 
 from tqdm.auto import tqdm
 
 _OPEN = contextvars.ContextVar("amlx_open_bars", default=0)  # bars open in this context (nesting depth)
+_QUIET = contextvars.ContextVar("amlx_quiet", default=False)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Bars opened inside show nothing (ranks > 0 of a distributed job: rank 0 reports the progress)."""
+    token = _QUIET.set(True)
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
 
 
 def interactive(stream: TextIO) -> bool:
@@ -40,7 +53,7 @@ class Progress:
         self.total, self.desc, self.every, self.done = int(total), desc, every, int(initial)
         self._initial = self.done
         self.stream = stream or sys.stderr
-        self.enabled = enabled and self.total > 0
+        self.enabled = enabled and self.total > 0 and not _QUIET.get()
         self._depth = _OPEN.get()
         self._token = _OPEN.set(self._depth + 1) if self.enabled else None
         self._bar = None

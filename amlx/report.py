@@ -23,6 +23,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from amlx import metrics as metric_registry
+from amlx.jobs.run_files import rank_files, run_labels
 from amlx.records import Attribution, load_jsonl
 from amlx.render import prediction, rgb
 from amlx.svg import PALETTE, Series, line_chart
@@ -75,16 +76,17 @@ def load_run(run_dir: str | Path) -> Run:
             f"{path / 'table.json'} not found: give --run the out_dir of a finished `python explain.py evaluate` run"
         )
     table = json.loads((path / "table.json").read_text())
-    stems = [p.stem for p in sorted((path / "scores").glob("*.jsonl"))]
+    stems = run_labels(path / "scores")  # a distributed run's rank files count under their label
     records, scores = {}, {}
     for label in stems:
         scores[label] = {}
-        for line in (path / "scores" / f"{label}.jsonl").read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                scores[label][str(row["example_id"])] = row
-        recs = path / "attributions" / f"{label}.jsonl"
-        records[label] = {str(r.example_id): r for r in load_jsonl(recs)} if recs.exists() else {}
+        for file in rank_files(path / "scores", label):
+            for line in file.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    scores[label][str(row["example_id"])] = row
+        records[label] = {str(r.example_id): r for file in rank_files(path / "attributions", label)
+                          for r in load_jsonl(file)}  # fmt: skip
     run = Run(path, table, stems, records, scores)
     ordered = list(dict.fromkeys(run.row_label(r) for r in table["rows"]))
     run.labels = [lb for lb in ordered if lb in scores] + [lb for lb in stems if lb not in ordered]

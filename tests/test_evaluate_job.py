@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -284,7 +285,8 @@ def test_sigkill_at_random_instants_then_resume_ends_with_the_uninterrupted_tabl
     full = evaluate(out_dir=str(tmp_path / "full"), **kw)
     out = tmp_path / "killed"
     code = f"from amlx.jobs.evaluate import evaluate; evaluate(out_dir={str(out)!r}, **{kw!r})"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    root = str(Path(__file__).resolve().parent.parent)  # this checkout's amlx, not an installed one
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=tmp_path, capture_output=True)
     span = time.perf_counter() - t0  # import + the whole run: the kills fall inside it

@@ -13,10 +13,11 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from amlx import main_job, results
+from amlx import results
 from amlx.attributors import AMLAttributor
 from amlx.data import TextClassificationData
 from amlx.data.datamodule import collate
+from amlx.jobs import main as main_job
 from amlx.models import ExplainedModel
 from tests.test_aml_training import save_tiny_assets
 from tests.tiny import CORPUS

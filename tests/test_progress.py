@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from amlx.progress import Progress
+from amlx.progress import Progress, quiet
 
 
 class Tty(io.StringIO):
@@ -59,6 +59,9 @@ def test_a_bar_inside_another_prints_nothing_off_a_terminal():
 
 def test_disabled_or_empty_bars_show_nothing():
     assert run(io.StringIO(), enabled=False) == [] and run(io.StringIO(), total=0) == []
+    with quiet():  # a distributed job's rank > 0
+        assert run(io.StringIO()) == [] and run(Tty()) == []
+    assert len(run(io.StringIO())) == 4
     with pytest.raises(ValueError, match="every"):
         Progress(3, "x", every=0)
 

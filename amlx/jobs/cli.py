@@ -22,8 +22,8 @@ from amlx.errors import run_cli
 from amlx.jobs.compare import compare
 from amlx.jobs.evaluate import evaluate
 from amlx.jobs.explain import explain
+from amlx.jobs.main import main as main_job
 from amlx.jobs.robustness import robustness
-from amlx.main_job import main as main_job
 from amlx.report import report
 
 COMMANDS: dict[str, Callable] = {"main": main_job, "evaluate": evaluate, "explain": explain, "report": report,

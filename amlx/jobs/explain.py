@@ -1,18 +1,29 @@
-"""The ``explain`` job: attribute texts with one or more methods, save JSONL, write an HTML page, print to the terminal."""
+"""The ``explain`` job: attribute texts with one or more methods, save JSONL, write an HTML page, print to the terminal.
+
+A front-end of the explain engine (``amlx.jobs.engine``): Lightning's ``Trainer.predict`` runs the chunks, each
+method built once and reseeded per chunk.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-import torch
-
 from amlx import methods as method_registry
 from amlx import render
 from amlx.errors import UserError
-from amlx.models.explained import EmptyTextError, ExplainedModel, check_model_options, resolve_device
+from amlx.jobs.engine import (
+    ChunkJob,
+    TrainerOptions,
+    chunks_of,
+    run_jobs,
+    seed_and_attribute,
+    trainer_options,
+)
+from amlx.jobs.run_files import rank_file, rank_files
+from amlx.methods.specs import MethodSpec
+from amlx.models.explained import EmptyTextError, ExplainedModel, check_model_options
 from amlx.pairs import Input, inputs_of
-from amlx.progress import Progress
 from amlx.records import Attribution, load_jsonl, save_jsonl
 
 log = logging.getLogger(__name__)
@@ -83,6 +94,7 @@ def explain(
     data: dict | None = None,
     chunk_size: int | None = None,
     start: int = 0,
+    trainer: TrainerOptions | None = None,
 ) -> list[Attribution]:
     """Explain the model's predictions on the given texts with each method; save ``attributions.jsonl`` (+ ``.html``).
 
@@ -98,8 +110,10 @@ def explain(
         n: number of dataset rows.
         start: the first dataset row (rows ``start`` .. ``start + n - 1``): shards of one long run (teacher maps)
             go to separate ``out_dir``s, possibly on separate machines, and their ``attributions.jsonl`` files are
-            concatenated afterwards (ids are the dataset rows, so shards never collide). Each chunk seeds torch with
-            ``seed`` + the dataset row of its first text.
+            concatenated afterwards (ids are the dataset rows, so shards never collide). Each chunk reseeds the
+            method (``AttributionMethod.reseed``: its own ``seed`` option, else ``seed``, + the dataset row of the
+            chunk's first text) and torch (``seed`` + that row), so shards that start on a chunk boundary give the
+            maps of the unsharded run.
         seed: the data module's split seed.
         method_options: per method name, keyword options for its constructor, e.g. ``{"lime": {"n_samples": 500}}``
             (checked against the constructor before the model loads).
@@ -115,6 +129,8 @@ def explain(
         chunk_size: explain this many texts at a time and append each chunk to ``attributions.jsonl`` as it is done;
             a re-run then skips the (method, example) pairs already there, so a long run (teacher maps for
             amortized attributors) resumes. None: all texts in one pass and the file written anew.
+        trainer: Lightning Trainer settings (``devices``, ``strategy``, ...: docs/cluster.md); rank r > 0 of a
+            distributed run writes ``attributions.rank<r>.jsonl``, and rank 0 the HTML page and the terminal view.
     """
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
@@ -122,33 +138,22 @@ def explain(
     check_model_options(model_options)
     if start and dataset is None:
         raise TextSourceError(f"start={start} applies to a dataset split only; texts and files start at their first line")
+    trainer = trainer_options(trainer)
     batch, ids, labels = load_texts(texts, file, dataset, split, n, seed, data, start)
-    explained = ExplainedModel.from_pretrained(model, kind=kind, **(model_options or {})).to(resolve_device(device))
+    explained = ExplainedModel.from_pretrained(model, kind=kind, **(model_options or {}))
     out = Path(out_dir)
-    path = out / "attributions.jsonl"
-    done = _resume(path, model) if chunk_size else {}
-    if not chunk_size and path.exists():
-        path.unlink()  # one-shot runs write the file anew
-    size = chunk_size or len(batch)
-    for spec in specs:
-        method, key = spec.build(), spec.alias
-        todo = [i for i in range(len(batch)) if (key, ids[i]) not in done]
-        with Progress(len(batch), key, enabled=bool(chunk_size), initial=len(batch) - len(todo)) as bar:
-            for start in range(0, len(todo), size):
-                rows = todo[start : start + size]
-                torch.manual_seed(seed + start + rows[0])  # a resumed run draws what an uninterrupted one drew for this chunk
-                recs = method.attribute(explained.encode([batch[i] for i in rows]), explained, target=target)
-                for r, i in zip(recs, rows):
-                    r.example_id = ids[i]
-                    r.meta.update(model=model, **({"label": labels[i]} if labels[i] is not None else {}))
-                    if key != spec.name:
-                        r.meta["alias"] = key
-                    done[key, ids[i]] = r
-                save_jsonl(recs, path, append=True)  # one chunk per write: a kill loses at most the chunk in flight
-                bar.update(len(rows))
-        secs = [done[key, i].seconds for i in ids]
-        log.info("%s: %.3f s per example", key, sum(secs) / max(1, len(secs)))
+    jobs = [RecordedMethod(spec, out, model, batch, ids, labels, explained, seed, start, target, fresh=chunk_size is None
+                           and k == 0) for k, spec in enumerate(specs)]  # fmt: skip
+    chunks = chunks_of(len(batch), chunk_size or len(batch))
+    pl_trainer = run_jobs(explained, jobs, chunks, len(batch), progress=bool(chunk_size), device=device,
+                          trainer=trainer)  # fmt: skip
+    done = _resume(out, model)
     records = [done[spec.alias, i] for spec in specs for i in ids]
+    for spec in specs:
+        secs = [done[spec.alias, i].seconds for i in ids]
+        log.info("%s: %.3f s per example", spec.alias, sum(secs) / max(1, len(secs)))
+    if not pl_trainer.is_global_zero:  # rank 0 renders
+        return records
     if html:
         render.to_html(records, out / "attributions.html", title=f"amlx attributions: {model}")
     if terminal:
@@ -156,21 +161,70 @@ def explain(
     return records
 
 
-def _resume(path: Path, model: str) -> dict[tuple[str, str], Attribution]:
-    """Records already in ``path`` by (method alias, example id); a torn last line (a killed write) is cut off."""
-    if not path.exists():
-        return {}
+class RecordedMethod(ChunkJob):
+    """One method of an explain run: its records per chunk, appended to ``attributions.jsonl`` (rank r > 0:
+    ``attributions.rank<r>.jsonl``); an example is done when a record of (alias, example id) is in any rank's file."""
+
+    def __init__(self, spec: MethodSpec, out: Path, model: str, texts: list[Input], ids: list[str],
+                 labels: list[int | None], explained: ExplainedModel, seed: int, first_row: int, target,
+                 fresh: bool) -> None:  # fmt: skip
+        self.spec, self.label, self.out, self.model = spec, spec.alias, out, model
+        self.texts, self.ids, self.labels, self.explained = texts, ids, labels, explained
+        self.seed, self.first_row, self.target, self.fresh = seed, first_row, target, fresh
+        self.method = spec.build()  # once per run; reseeded per chunk
+        self.done: set[str] = set()
+
+    def repair(self) -> None:
+        for path in rank_files(self.out, "attributions"):
+            if self.fresh:
+                path.unlink()  # one-shot runs write the file anew
+            else:
+                _cut_torn_line(path)
+
+    def load_done(self) -> None:
+        self.done = {i for alias, i in _resume(self.out, self.model) if alias == self.label}
+
+    def todo(self, chunks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        return [(a, b) for a, b in chunks if any(self.ids[i] not in self.done for i in range(a, b))]
+
+    def n_done(self) -> int:
+        return len(self.done & set(self.ids))
+
+    def compute(self, start: int, stop: int) -> dict:
+        """The chunk's records, seeded by the dataset row of its first text (so shards match an unsharded run)."""
+        inputs = self.explained.encode(self.texts[start:stop])
+        recs = seed_and_attribute(self.method, self.spec.options, self.seed, self.first_row + start, inputs,
+                                  self.explained, target=self.target)  # fmt: skip
+        for r, i in zip(recs, range(start, stop)):
+            r.example_id = self.ids[i]
+            r.meta.update(model=self.model, **({"label": self.labels[i]} if self.labels[i] is not None else {}))
+            if self.label != self.spec.name:
+                r.meta["alias"] = self.label
+        return {"records": [r for r in recs if r.example_id not in self.done]}  # a chunk cut short by a kill
+
+    def commit(self, prediction: dict, rank: int) -> None:
+        save_jsonl(prediction["records"], rank_file(self.out, "attributions", rank), append=True)  # one chunk per write
+        self.done.update(r.example_id for r in prediction["records"])
+
+
+def _cut_torn_line(path: Path) -> None:
+    """Cut a partial last line (a killed write) off ``path``."""
     raw = path.read_bytes()
     cut = raw.rfind(b"\n") + 1
     if cut < len(raw):
         with path.open("r+b") as f:
             f.truncate(cut)
         log.warning("%s: dropped a partial last line left by an interrupted run", path)
+
+
+def _resume(out: Path, model: str) -> dict[tuple[str, str], Attribution]:
+    """Records already in ``out``'s attributions files (every rank's) by (method alias, example id)."""
     done = {}
-    for r in load_jsonl(path):
-        if r.meta.get("model") != model:
-            raise ValueError(
-                f"{path} holds maps of {r.meta.get('model')!r}, not {model!r}: use another out_dir or delete the file"
-            )
-        done[r.meta.get("alias", r.method), r.example_id] = r
+    for path in rank_files(out, "attributions"):
+        for r in load_jsonl(path):
+            if r.meta.get("model") != model:
+                raise ValueError(
+                    f"{path} holds maps of {r.meta.get('model')!r}, not {model!r}: use another out_dir or delete the file"
+                )
+            done.setdefault((r.meta.get("alias", r.method), r.example_id), r)
     return done

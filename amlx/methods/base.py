@@ -46,6 +46,13 @@ class AttributionMethod:
             raise ValueError(f"internal_batch_size must be ≥ 1, got {internal_batch_size}")
         self.internal_batch_size = internal_batch_size
 
+    def reseed(self, seed: int) -> None:
+        """Draw from now on what this method constructed with ``seed`` would draw (the jobs call it per chunk).
+
+        Methods without a ``seed`` option ignore it; a method with one overrides it to reset every seeded state it
+        holds (its ``seed``, generators, the variant that names the seed), so one instance serves a whole run.
+        """
+
     def scores(self, enc: Encoded, model, target: Tensor) -> Tensor:
         """Raw scores [batch, tokens] for the batch ``enc`` (on the model's device) and classes ``target`` [batch]."""
         raise NotImplementedError

@@ -102,10 +102,14 @@ class DiffusionBaselines:
         self.alpha_bars = alpha_bar(timesteps, schedule, beta_start, beta_end)
         self.n_baselines, self.noise_scale, self.timestep = n_baselines, noise_scale, timestep
         self.selection, self.metric = selection, selection_metric(selection, metric)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.reseed(seed)
         fixed = "" if timestep is None else f" t{timestep}"
         noise = " noise:linear" if noise_scale == "linear" else ""
         self.variant = f"{selection_label(selection, metric)} R{n_baselines}{fixed}{noise}"
+
+    def reseed(self, seed: int) -> None:
+        """Draw from now on what baselines constructed with ``seed`` would draw."""
+        self.generator = torch.Generator().manual_seed(seed)
 
     def references(self, enc: Encoded, reference: Tensor) -> Tensor:
         """R references [B, R, tokens, hidden] around ``reference`` [B, tokens, hidden], equal to it off the text."""
@@ -140,6 +144,16 @@ class DiffusionBaselines:
             maps.append(nn.functional.pad(m, (0, k - m.shape[1])))
         maps = torch.cat(maps).view(n, r, k)
         return select_maps(model, enc, maps, target, probs, self.selection, self.metric)
+
+
+class ReseedsDiffusion:
+    """Mixin of the methods with an optional diffusion pool (RPI-IG, RPI-SIG): reseeding one reseeds its pool."""
+
+    diffusion: DiffusionBaselines | None
+
+    def reseed(self, seed: int) -> None:
+        if self.diffusion is not None:
+            self.diffusion.reseed(seed)
 
 
 def diffusion_for(baseline: str, seed: int, options: dict) -> DiffusionBaselines | None:

@@ -18,7 +18,6 @@ the same run also evaluates with the same options (docs/evaluation.md).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -92,9 +91,12 @@ class Ensemble(AttributionMethod):
         """Member ``i`` configured as it runs inside this ensemble (seeded with ``seed`` unless it sets one)."""
         name, opts = self.members[i]
         method = get(name, **opts)
-        if "seed" in inspect.signature(type(method)).parameters and "seed" not in opts:
-            method = get(name, **opts, seed=self.seed)
+        if "seed" not in opts:
+            method.reseed(self.seed)  # a no-op for members without a seed
         return method
+
+    def reseed(self, seed: int) -> None:
+        self.seed = seed  # the members that set no seed of their own get it
 
     def attribute(self, inputs: str | list[str] | Encoded, model, target: Target = None,
                   member_records: Sequence[list[Attribution] | None] | None = None) -> list[Attribution]:  # fmt: skip

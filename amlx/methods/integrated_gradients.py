@@ -17,7 +17,7 @@ from captum.attr._utils.approximation_methods import approximation_parameters
 from torch import Tensor, nn
 
 from amlx.methods.base import AttributionMethod, register_method
-from amlx.methods.diffusion import diffusion_for
+from amlx.methods.diffusion import ReseedsDiffusion, diffusion_for
 from amlx.methods.saliency import embedding_gradients
 from amlx.models.explained import Encoded
 
@@ -86,7 +86,7 @@ class ReferenceMethod(AttributionMethod):
 
 
 @register_method("integrated_gradients")
-class IntegratedGradientsMethod(ReferenceMethod):
+class IntegratedGradientsMethod(ReseedsDiffusion, ReferenceMethod):
     """IG (Sundararajan et al., 2017, Eq. 1) along the straight path x' → x, via ``captum.attr.IntegratedGradients``.
 
     ``n_steps`` points (default 50) by ``integration`` = ``gausslegendre`` (captum's default) or ``riemann_*``.
@@ -184,6 +184,9 @@ class GradientShapMethod(ReferenceMethod):
         super().__init__(baseline, internal_batch_size)
         self.n_samples, self.stdevs, self.seed = n_samples, stdevs, seed
         self.variant = f"{baseline}-{n_samples}"
+
+    def reseed(self, seed: int) -> None:
+        self.seed = seed  # drawn from at every batch
 
     def embedding_attributions(self, forward, x, ref, args, target):
         explainer = GradientShap(forward)

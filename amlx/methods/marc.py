@@ -98,6 +98,9 @@ class MaRCMethod(AttributionMethod):
         self.variant = ",".join(f"{k}={v}" for k, v in changed.items())
         self.last_fit: MaRCResult | None = None  # the last internal batch's optimization, a row per segment
 
+    def reseed(self, seed: int) -> None:
+        self.seed = seed  # each instance's noise generator is seeded from it
+
     def scores(self, enc: Encoded, model, target: Tensor) -> Tensor:
         seg, origin, args = self._prepare(enc, model, target)
         with torch.enable_grad():

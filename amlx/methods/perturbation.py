@@ -190,6 +190,9 @@ class CaptumSurrogate(PerturbationMethod):
         self.n_samples, self.seed, self.budget_per_unit = n_samples, seed, budget_per_unit
         self.variant = f"{output}-{n_samples}" if budget_per_unit is None else f"{output}-{budget_per_unit:g}n+2"
 
+    def reseed(self, seed: int) -> None:
+        self.seed = seed  # drawn from at every example (``seeded``)
+
     def samples_for(self, n_units: int) -> int:
         """Forward rows spent on an example with ``n_units`` words."""
         if self.budget_per_unit is None:

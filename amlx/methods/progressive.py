@@ -253,8 +253,12 @@ class MultiPassPI(ProgressiveInference):
         if budget is not None and budget < 1:
             raise ValueError(f"mp_pi: budget must be ≥ 1 masked pass, got {budget}")
         self.budget, self.budget_per_unit = budget, budget_per_unit
-        self.max_n, self.disk_cache, self.seed = max_n, disk_cache, seed
-        self.variant = f"{unit}-{output}-seed{seed}"
+        self.max_n, self.disk_cache, self.unit_output = max_n, disk_cache, f"{unit}-{output}"
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        self.seed = seed
+        self.variant = f"{self.unit_output}-seed{seed}"
         self.rng = np.random.default_rng(seed)
 
     def passes(self, n: int) -> int:

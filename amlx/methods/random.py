@@ -15,6 +15,9 @@ class RandomAttribution(AttributionMethod):
 
     def __init__(self, seed: int = 0, internal_batch_size: int = 16) -> None:
         super().__init__(internal_batch_size)
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
         self.seed = seed
         self.variant = f"seed{seed}"
         self.generator = torch.Generator().manual_seed(seed)

@@ -200,12 +200,15 @@ class RPI(AttributionMethod):
         self.noise_scale, self.difference_factor, self.baseline_support = noise_scale, difference_factor, baseline_support
         self.output, self.selection, self.reuse_prefix = output, selection, reuse_prefix
         self.metric = selection_metric(selection, metric)
-        self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
+        self.reseed(seed)
         chosen = selection_label(selection, metric)
         where = "" if self.layers == [-1] else " L" + ",".join(map(str, self.layers))
         seed_code = (" noise:linear" if noise_scale == "linear" else "") + ("" if difference_factor else " no-(A-b)/n")
         self.variant = f"{chosen} R{n_baselines}n{n_steps}{where}{seed_code}"
+
+    def reseed(self, seed: int) -> None:
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
 
     def candidate_maps(self, enc: Encoded, model, target: Tensor) -> tuple[Tensor, Tensor]:
         """The pool M^J: maps [B, |J|·R, tokens] (layer-major) and the class probabilities F(x) [B, classes]."""

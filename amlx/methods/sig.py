@@ -21,7 +21,7 @@ from captum.attr._utils.approximation_methods import SUPPORTED_METHODS, approxim
 from torch import Tensor
 
 from amlx.methods.base import OUTPUTS, AttributionMethod, class_outputs, register_method
-from amlx.methods.diffusion import diffusion_for
+from amlx.methods.diffusion import ReseedsDiffusion, diffusion_for
 from amlx.methods.integrated_gradients import BASELINES, reference_embeddings
 from amlx.methods.perturbation import word_units
 from amlx.models.explained import Encoded
@@ -103,7 +103,7 @@ def _sig_reference(
 
 
 @register_method("sig")
-class SequentialIntegratedGradients(AttributionMethod):
+class SequentialIntegratedGradients(ReseedsDiffusion, AttributionMethod):
     """SIG (module docstring): ``n_steps`` (50) points of ``integration`` per unit, units ``unit`` (word | token).
 
     ``baseline``: ``mask`` (default, the paper's best), ``pad``, or ``diffusion`` — RPI-SIG (seed 001 Table 6): R

@@ -4,7 +4,8 @@
 3. pretrain the pAML attributor unless cached; 4. print the faithfulness table of pAML, fAML and the
 baselines on a test subset (``explain.py evaluate``, resumable); 5. write the comparison report of the
 evaluation (``explain.py report``: summary, curves and the first ``n_report`` examples). Every step is cached, so
-a second run only re-prints the results. Each stage ends with a ``[amlx] stage i/5 done`` line.
+a second run only re-prints the results. Each stage ends with a ``[amlx] stage i/5 done`` line. The explained
+model is loaded once: the test accuracy and the evaluation (the explain engine, ``amlx.jobs.engine``) share it.
 """
 
 from __future__ import annotations
@@ -114,15 +115,15 @@ def main(
         print(f"[amlx] using the cached pAML attributor {ckpt}", flush=True)
     done("test accuracy + pretrain pAML" if trained_attributor else "test accuracy + pAML (cached)")
 
-    from amlx.jobs.evaluate import evaluate
+    from amlx.jobs.evaluate import evaluate_model
     from amlx.report import report
 
     dm_args = yaml.safe_load(Path(classifier_config).read_text())["data"].get("init_args", {})
     data = {k: v for k, v in dm_args.items() if k in ("val_size", "test_size")}
     print(f"[amlx] faithfulness on the first {n_eval} test examples (resumable; {out_dir}/evaluate)", flush=True)
-    table = evaluate(model=explained_model, methods=methods, method_options=options, metrics=metrics,
-                     dataset=dm_args.get("dataset", "amlx:movies"), n=n_eval, seed=dm_args.get("seed", 0),
-                     data=data, out_dir=f"{out_dir}/evaluate")  # fmt: skip
+    table = evaluate_model(model, model=explained_model, specs=method_registry.parse_methods(methods, options),
+                           metrics=metrics, dataset=dm_args.get("dataset", "amlx:movies"), split="test", n=n_eval,
+                           seed=dm_args.get("seed", 0), data=data, out_dir=f"{out_dir}/evaluate")  # fmt: skip
     done(f"evaluate {n_eval} examples")
     page = report(run=f"{out_dir}/evaluate", out=f"{out_dir}/report/report.html", examples=n_report)
     done(f"HTML report of {n_report} examples")
