@@ -9,13 +9,12 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import AutoModel
 
 from amlx.attributors import FAML, AMLAttributor, aml_loss
 from amlx.attributors.aml import ExplainedMismatchError
 from amlx.data.datamodule import collate
 from amlx.models.explained import Encoded
-from tests.tiny import TEXTS, tiny_config, tiny_explained, tiny_tokenizer
+from tests.tiny import TEXTS, save_tiny_backbone, tiny_explained, tiny_tokenizer
 
 # ------------------------------------------------------------------------------------------------ fixtures
 
@@ -23,12 +22,7 @@ from tests.tiny import TEXTS, tiny_config, tiny_explained, tiny_tokenizer
 @pytest.fixture(scope="module")
 def backbone_dir(tmp_path_factory):
     """A saved tiny BERT encoder + WordPiece tokenizer: the attributor's backbone."""
-    path = tmp_path_factory.mktemp("backbone")
-    tok = tiny_tokenizer("bert")
-    torch.manual_seed(0)
-    AutoModel.from_config(tiny_config("bert", tok)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    return save_tiny_backbone(tmp_path_factory.mktemp("backbone"))
 
 
 @pytest.fixture(scope="module")

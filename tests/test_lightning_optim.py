@@ -7,13 +7,12 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from transformers import AutoModel
 
 from amlx import methods
 from amlx.attributors.faml import FAML, FAMLModule
 from amlx.attributors.marc import MaRCModule
 from tests import reference_loops
-from tests.tiny import TEXTS, tiny_config, tiny_explained, tiny_tokenizer
+from tests.tiny import TEXTS, save_tiny_backbone, tiny_explained
 
 LEAN = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
 EQUAL = 1e-6  # "equal to today's": the same operations in the same order, so float32 rounding at most
@@ -82,12 +81,7 @@ def attributor(tmp_path_factory):
     """A tiny AML attributor (BERT backbone) explaining a tiny RoBERTa classifier, as in tests/test_aml.py."""
     from tests.test_aml import make_attributor
 
-    path = tmp_path_factory.mktemp("backbone")
-    tok = tiny_tokenizer("bert")
-    torch.manual_seed(0)
-    AutoModel.from_config(tiny_config("bert", tok)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return make_attributor(str(path), tiny_explained("roberta", "encoder"))
+    return make_attributor(save_tiny_backbone(tmp_path_factory.mktemp("backbone")), tiny_explained("roberta", "encoder"))
 
 
 def hand_written(monkeypatch):

@@ -255,6 +255,17 @@ def tiny_explained(arch: str, kind: str, tokenizer: PreTrainedTokenizerFast | No
     return ExplainedModel(model, tokenizer, kind, name=f"tiny-{arch}-{kind}", **kw)
 
 
+def save_tiny_backbone(path) -> str:
+    """Save a random tiny BERT encoder + WordPiece tokenizer (an attributor's backbone) at ``path``; returns it."""
+    from transformers import AutoModel
+
+    tok = tiny_tokenizer("bert")
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_config("bert", tok)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
 def save_tiny_assets(root) -> dict[str, str]:
     """Paths of a saved tiny explained classifier, a saved tiny attributor backbone and a labelled JSONL file.
 
@@ -264,16 +275,10 @@ def save_tiny_assets(root) -> dict[str, str]:
     import json
     from pathlib import Path
 
-    from transformers import AutoModel
-
     root = Path(root)
     explained = root / "explained"
     tiny_explained("roberta", "encoder").save_pretrained(explained)
-    backbone = root / "backbone"
-    tok = tiny_tokenizer("bert")
-    torch.manual_seed(0)
-    AutoModel.from_config(tiny_config("bert", tok)).save_pretrained(backbone)
-    tok.save_pretrained(backbone)
+    backbone = save_tiny_backbone(root / "backbone")
     data = root / "reviews.jsonl"
     data.write_text("".join(json.dumps({"text": t, "label": i % 2}) + "\n" for i, t in enumerate(CORPUS)))
-    return {"explained": str(explained), "backbone": str(backbone), "data": str(data)}
+    return {"explained": str(explained), "backbone": backbone, "data": str(data)}

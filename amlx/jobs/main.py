@@ -47,6 +47,15 @@ def _train(config: str) -> None:
     cli(["fit", "--config", config])
 
 
+def _train_or_reuse(train: bool, doing: str, config: str, cached: str) -> None:
+    """``train.py fit --config config`` (printing ``doing``), or say that the cached ``cached`` is used."""
+    if train:
+        print(f"[amlx] {doing} with {config}", flush=True)
+        _train(config)
+    else:
+        print(f"[amlx] using the cached {cached}", flush=True)
+
+
 def main(
     fetch: list[str] = ["amlx:minilm", "amlx:movies"],
     classifier_config: str = "configs/classifier/minilm_movies.yaml",
@@ -93,11 +102,8 @@ def main(
         print(f"[amlx] asset {name}: {assets.fetch(name)}", flush=True)
     done("fetch")
     trained_classifier = retrain or not (assets.local_path(explained_model) / ".complete").exists()
-    if trained_classifier:
-        print(f"[amlx] fine-tuning {explained_model} with {classifier_config}", flush=True)
-        _train(classifier_config)
-    else:
-        print(f"[amlx] using the cached classifier {assets.local_path(explained_model)}", flush=True)
+    _train_or_reuse(trained_classifier, f"fine-tuning {explained_model}", classifier_config,
+                    f"classifier {assets.local_path(explained_model)}")  # fmt: skip
     done("fine-tune classifier" if trained_classifier else "classifier (cached)")
     model = ExplainedModel.from_pretrained(explained_model).to(resolve_device("auto"))  # a GPU when one is visible
     acc, n = test_accuracy(model, classifier_data(classifier_config))
@@ -108,11 +114,7 @@ def main(
 
     ckpt = checkpoint_path(attributor)
     trained_attributor = retrain or not ckpt.exists()
-    if trained_attributor:
-        print(f"[amlx] pretraining pAML {attributor} with {attributor_config}", flush=True)
-        _train(attributor_config)
-    else:
-        print(f"[amlx] using the cached pAML attributor {ckpt}", flush=True)
+    _train_or_reuse(trained_attributor, f"pretraining pAML {attributor}", attributor_config, f"pAML attributor {ckpt}")
     done("test accuracy + pretrain pAML" if trained_attributor else "test accuracy + pAML (cached)")
 
     from amlx.jobs.evaluate import evaluate_model
