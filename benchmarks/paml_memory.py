@@ -96,6 +96,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu | cuda (results of a GPU run get a '-cuda' suffix)")
     ap.add_argument("--settings", nargs="*", default=list(SETTINGS))
     ap.add_argument("--name", default=None)
+    ap.add_argument("--note", default="", help="appended to the results' notes (e.g. what the explained model is)")
     ap.add_argument("--setting", help=argparse.SUPPRESS)  # the child's one setting
     args = ap.parse_args()
     if args.setting:
@@ -127,7 +128,8 @@ def main() -> None:
     what = "max_memory_allocated" if args.device != "cpu" else "peak RSS while training (sampled every 2 ms)"
     notes = (f"peak_mb: {what}; added_mb: the same minus the resident size right before training (CPU); seconds: per "
              "optimizer step (the first step excluded); loss_max_rel_diff_vs_fp32: max over the steps of "
-             "|loss − loss_fp32| / |loss_fp32|, same data, same seed. Every setting ran in its own process.")  # fmt: skip
+             "|loss − loss_fp32| / |loss_fp32|, same data, same seed. Every setting ran in its own process. "
+             + args.note).strip()  # fmt: skip
     model = args.explained.removeprefix("amlx:").replace("/", "-")
     name = args.name or f"paml-memory-{model}" + ("-cuda" if args.device != "cpu" else "")
     write_results(name, rows, setup, notes=notes)
