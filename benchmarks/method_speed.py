@@ -8,7 +8,8 @@ passes per example) after a one-example warm-up; the figure is the mean of the r
 internal batch's wall time split over its examples). Methods that cannot explain the model (e.g. Progressive
 Inference on an encoder) are listed with the reason. Besides every registered method at its defaults, the list holds
 the option variants in ``VARIANTS`` (RPI-IG and RPI-SIG); ``--methods`` takes names and ``name[option=value,...]``.
-Writes ``benchmarks/results/speed-<model>.{json,md}``.
+Writes ``benchmarks/results/speed-<model>.{json,md}`` (``--name``: another name, for a run over some ``--methods``
+that must not replace the table of every method).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def main() -> None:
                     help="names or name[option=value,...]; default: every registered method, then VARIANTS")  # fmt: skip
     ap.add_argument("--checkpoint", default=None, help="pAML checkpoint for paml/faml (skipped without one)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda[:N] | auto (results of a GPU run get a '-cuda' suffix)")
+    ap.add_argument("--name", default=None,
+                    help="results name (default speed-<model>[-cuda]); give one for a run over some --methods")  # fmt: skip
     args = ap.parse_args()
 
     device = resolve_device(args.device)
@@ -78,7 +81,7 @@ def main() -> None:
     setup = {"explained_model": args.model, "kind": model.kind, "dataset": "amlx:movies", "split": "test",
              "n_examples": args.n, "slow_n": args.slow_n}  # fmt: skip
     notes = "Default options of every method. Not measured: " + ("; ".join(skipped) if skipped else "none") + "."
-    name = "speed-" + args.model.replace("amlx:", "").replace("/", "-") + ("-cuda" if device.type == "cuda" else "")
+    name = args.name or "speed-" + args.model.replace("amlx:", "").replace("/", "-") + ("-cuda" if device.type == "cuda" else "")
     path = write_results(name, rows, setup, command="python benchmarks/method_speed.py " + " ".join(sys.argv[1:]),
                          notes=notes)  # fmt: skip
     print(path)

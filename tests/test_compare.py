@@ -6,9 +6,11 @@ import json
 
 import pytest
 
+import amlx.jobs.compare as compare_module
 from amlx.assets import AssetMissingError
 from amlx.jobs.cli import main as cli_main
 from amlx.jobs.compare import ModelListError, compare, folder_of, parse_models
+from amlx.jobs.engine import TrainerOptions, TrainerOptionsError
 from amlx.jobs.evaluate import evaluate
 from amlx.results import render_markdown
 from tests.tiny import tiny_explained
@@ -93,3 +95,23 @@ def test_the_cli_reports_a_repeated_model_in_one_line_with_status_2(capsys):
     assert len(err) == 1 and "appears twice" in err[0]
     with pytest.raises(ModelListError):
         parse_models(["x", "x"], None)
+
+
+def test_trainer_options_reach_every_models_run_and_a_typo_stops_before_the_first_model(two_models, monkeypatch):
+    tmp_path, enc, dec, kw = two_models
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TrainerOptionsError, match="devics"):
+        compare(models=[enc, dec], out_dir=str(tmp_path / "bad"), trainer={"devics": 2}, **kw)
+    assert not (tmp_path / "bad").exists()
+    seen = []
+    real = compare_module.evaluate
+
+    def spy(**args):
+        seen.append(args["trainer"])
+        return real(**args)
+
+    monkeypatch.setattr(compare_module, "evaluate", spy)
+    res = compare(models=[enc, dec], out_dir=str(tmp_path / "cmp"), trainer={"accelerator": "cpu", "devices": 1}, **kw)
+    assert seen == [TrainerOptions(accelerator="cpu", devices=1)] * 2
+    plain = compare(models=[enc, dec], out_dir=str(tmp_path / "plain"), **kw)
+    assert [r["mean"] for r in res["rows"]] == pytest.approx([r["mean"] for r in plain["rows"]], abs=1e-9)

@@ -207,3 +207,44 @@ def test_an_unknown_trainer_option_is_refused_before_the_model_loads_with_the_va
 
     with pytest.raises(TrainerOptionsError, match="unknown trainer options \\['device'\\].*devices, strategy"):
         evaluate(model="(never loaded)", methods=["random"], trainer={"device": 2})
+
+
+def test_two_ddp_processes_explain_the_records_of_one_process_and_train_reads_both_rank_files(run_setup):
+    """``explain.py explain --trainer.devices 2 --trainer.strategy ddp`` (gloo): rank 0 writes ``attributions.jsonl``,
+    rank 1 ``attributions.rank1.jsonl``; together they hold every (method, example) once with one process's maps,
+    and a teacher named by rank 0's file is read from both (every train row keeps its map)."""
+    from amlx.data import TextClassificationData
+    from amlx.jobs.explain import explain
+
+    root, kw = run_setup
+    common = dict(model=kw["model"], methods=["occlusion", "random"], dataset=kw["dataset"], split="train", n=16,
+                  data=kw["data"], chunk_size=3)  # the whole train split (16 rows), in 6 chunks  # fmt: skip
+    one = explain(**common, html=False, terminal=False, out_dir=str(root / "explain-one"))
+    config = root / "explain.yaml"
+    config.write_text(json.dumps({**common, "html": True, "terminal": False}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "explain.py"), "explain", "--config", str(config), "--out_dir",
+         str(root / "explain-two"), "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"],
+        env=env, cwd=root, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = root / "explain-two"
+    files = rank_files(two, "attributions")
+    assert [p.name for p in files] == ["attributions.jsonl", "attributions.rank1.jsonl"]
+    per_rank = [load_jsonl(p) for p in files]
+    assert all(per_rank)  # both ranks explained
+    got = [(r.method, r.example_id) for recs in per_rank for r in recs]
+    assert sorted(got) == sorted((r.method, r.example_id) for r in one) and len(set(got)) == len(got) == 32
+    single = {(r.method, r.example_id): r for r in one}
+    for r in (r for recs in per_rank for r in recs):
+        np.testing.assert_allclose(r.scores, single[r.method, r.example_id].scores, atol=1e-6)
+    assert (two / "attributions.html").exists()  # rank 0 renders
+
+    def teacher_rows(folder):
+        dm = TextClassificationData(dataset=kw["dataset"], seed=0, teacher=str(folder / "attributions.jsonl"),
+                                    teacher_method="occlusion", **kw["data"])  # fmt: skip
+        dm.setup()
+        return dm.split("train")["index"]
+
+    assert teacher_rows(two) == teacher_rows(root / "explain-one") == list(range(16))

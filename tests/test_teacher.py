@@ -246,3 +246,32 @@ def test_init_from_starts_from_a_checkpoints_weights_and_its_own_checkpoint_relo
     torch.testing.assert_close(again.attribute(texts), source.attribute(texts))
     with pytest.raises(ExplainedMismatchError, match="classes"):
         AMLAttributor(backbone=assets["backbone"], num_labels=3, init_from=str(tmp_path / "warm.ckpt"))
+
+
+def test_a_teacher_named_by_rank_zeros_file_includes_the_other_ranks_files_and_refuses_two_maps_of_one_example(
+    assets, teacher_file, tmp_path
+):
+    """A distributed ``explain`` leaves ``attributions.jsonl`` + ``attributions.rank<r>.jsonl``: naming the first
+    reads all (no train row silently loses its map); one example with two different maps is refused."""
+    from amlx.attributors.teacher import load_teacher, teacher_files
+
+    recs = load_jsonl(teacher_file)
+    save_jsonl(recs[:5], tmp_path / "attributions.jsonl")
+    save_jsonl(recs[5:9], tmp_path / "attributions.rank1.jsonl")
+    save_jsonl(recs[9:], tmp_path / "attributions.rank3.jsonl")
+    save_jsonl(recs[:2], tmp_path / "attributions-old.jsonl")  # another label: not a rank file
+    assert [p.name for p in teacher_files(tmp_path / "attributions.jsonl")] == [
+        "attributions.jsonl", "attributions.rank1.jsonl", "attributions.rank3.jsonl"]  # fmt: skip
+    assert sorted(load_teacher(str(tmp_path / "attributions.jsonl"))) == sorted(r.example_id for r in recs)
+    dm = datamodule(assets, tmp_path / "attributions.jsonl")
+    dm.setup()
+    assert dm.split("train")["index"] == datamodule(assets, teacher_file).split("train")["index"]
+    save_jsonl(recs[5:9] + recs[:1], tmp_path / "attributions.rank1.jsonl")  # the same map twice: accepted
+    assert len(load_teacher(str(tmp_path / "attributions.jsonl"))) == len(recs)
+    other = load_jsonl(teacher_file)[:1]
+    other[0].scores = other[0].scores[::-1].copy() + 1.0
+    save_jsonl(recs[5:9] + other, tmp_path / "attributions.rank1.jsonl")
+    with pytest.raises(TeacherMismatchError, match="two different teacher maps"):
+        load_teacher(str(tmp_path / "attributions.jsonl"))
+    with pytest.raises(FileNotFoundError):
+        load_teacher(str(tmp_path / "missing.jsonl"))

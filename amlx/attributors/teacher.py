@@ -19,7 +19,9 @@ offsets (``amlx.align``), so an attributor with another tokenizer (MiniLM explai
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -111,9 +113,23 @@ def teacher_row(record: Attribution) -> dict:
     }
 
 
+def teacher_files(path: str | Path) -> list[Path]:
+    """``path`` and the files the other ranks of a distributed ``explain`` wrote beside it.
+
+    ``explain.py explain --trainer.devices N --trainer.strategy ddp`` writes ``attributions.jsonl`` from rank 0 and
+    ``attributions.rank<r>.jsonl`` from rank r; the teacher is all of them, so naming rank 0's file is enough.
+    """
+    from amlx.jobs.run_files import rank_files
+
+    p = Path(path)
+    found = rank_files(p.parent, p.name[: -len(".jsonl")]) if p.name.endswith(".jsonl") else []
+    return found if p in found else [p, *found]  # a missing path: load_jsonl names it
+
+
 def load_teacher(path: str, method: str | None = None) -> dict[str, Attribution]:
-    """Teacher records by example id from an attribution JSONL; ``method`` picks one method of a mixed file."""
-    records = load_jsonl(path)
+    """Teacher records by example id from an attribution JSONL and its rank files (``teacher_files``); ``method``
+    picks one method of a mixed file. An example id met twice with different maps is refused."""
+    records = [r for f in teacher_files(path) for r in load_jsonl(f)]
     methods = sorted({r.method for r in records})
     if method is None:
         if len(methods) > 1:
@@ -133,6 +149,12 @@ def load_teacher(path: str, method: str | None = None) -> dict[str, Attribution]
             raise TeacherMismatchError(
                 f"record {r.example_id} in {path} does not name the model it explains (meta.model); recompute the "
                 "teacher maps with `explain.py explain`"
+            )
+        seen = out.get(r.example_id)
+        if seen is not None and not (seen.method == r.method and np.array_equal(seen.scores, r.scores)):
+            raise TeacherMismatchError(
+                f"example {r.example_id} has two different teacher maps in {[str(f) for f in teacher_files(path)]}; "
+                "keep one file per run (a concatenation of shards beside the rank files of a distributed run?)"
             )
         out[r.example_id] = r
     return out

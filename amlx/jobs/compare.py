@@ -23,6 +23,7 @@ from amlx import methods as method_registry
 from amlx import metrics as metric_registry
 from amlx.errors import UserError
 from amlx.evaluation import DEFAULT_METRICS
+from amlx.jobs.engine import TrainerOptions, trainer_options
 from amlx.jobs.evaluate import evaluate
 from amlx.models.explained import check_model_options
 from amlx.results import write_results
@@ -75,8 +76,12 @@ def compare(
     results_name: str | None = None,
     progress: bool = True,
     device: str = "auto",
+    trainer: TrainerOptions | None = None,
 ) -> dict:
     """Evaluate ``methods`` × ``metrics`` on the first ``n`` examples of ``split`` for every model of ``models``.
+
+    ``trainer``: Lightning Trainer settings for every model's run, as in ``explain.py evaluate``
+    (``--trainer.devices 2 --trainer.strategy ddp``); an unknown key is reported before the first model loads.
 
     Returns ``{"rows": [...], "per_model": {alias: evaluate's result}, "out_dir": ...}``; every row is an evaluate
     row with ``model`` (the alias) added, ``label`` prefixed by it.
@@ -84,6 +89,7 @@ def compare(
     parsed = parse_models(models, model_options)
     method_registry.parse_methods(methods, method_options)  # before any model loads: a typo fails fast
     metric_registry.check_names(metrics)
+    trainer = trainer_options(trainer)
     for _, name, _ in parsed:
         assets.resolve(name)  # an offline model missing from the cache is reported before the first model runs
     out = Path(out_dir)
@@ -94,7 +100,7 @@ def compare(
         res = evaluate(model=name, kind=kind, model_options=opts or None, methods=methods,
                        method_options=method_options, metrics=metrics, dataset=dataset, split=split, n=n, seed=seed,
                        chunk_size=chunk_size, data=data, out_dir=str(out / folder_of(alias)), results_name=None,
-                       progress=progress, device=device)  # fmt: skip
+                       progress=progress, device=device, trainer=trainer)  # fmt: skip
         per_model[alias] = res
         setups[alias] = {"name": name, "kind": kind, "n_examples": res["rows"][0]["n"] if res["rows"] else 0}
         rows += [{"model": alias, **r, "label": f"{alias} · {r.get('label') or r['method']}"} for r in res["rows"]]
