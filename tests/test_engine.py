@@ -106,6 +106,16 @@ def _records(out: Path, label: str) -> list:
     return [r for path in rank_files(out / "attributions", label) for r in load_jsonl(path)]
 
 
+def _two_cpu_processes(root: Path, job: str, config: Path, out_dir: Path) -> subprocess.CompletedProcess:
+    """``explain.py <job> --config <config>`` on 2 CPU processes (DDP, gloo), this checkout's code first on the path."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "explain.py"), job, "--config", str(config), "--out_dir", str(out_dir),
+         "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"],
+        env=env, cwd=root, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
 def test_two_ddp_processes_write_the_table_and_records_of_one_process(run_setup, monkeypatch):
     """``explain.py evaluate --trainer.devices 2 --trainer.strategy ddp`` (gloo on the CPU): each rank commits whole
     chunks to its own files, no example is lost or duplicated, the ensemble reuses its members' records from both
@@ -116,12 +126,7 @@ def test_two_ddp_processes_write_the_table_and_records_of_one_process(run_setup,
     one = evaluate(out_dir=str(root / "one"), **kw)
     config = root / "evaluate.yaml"
     config.write_text(json.dumps(kw))  # JSON is YAML
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "explain.py"), "evaluate", "--config", str(config), "--out_dir", str(root / "two"),
-         "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"],
-        env=env, cwd=root, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = _two_cpu_processes(root, "evaluate", config, root / "two")
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = root / "two"
     want = _table(root / "one")
@@ -222,12 +227,7 @@ def test_two_ddp_processes_explain_the_records_of_one_process_and_train_reads_bo
     one = explain(**common, html=False, terminal=False, out_dir=str(root / "explain-one"))
     config = root / "explain.yaml"
     config.write_text(json.dumps({**common, "html": True, "terminal": False}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "explain.py"), "explain", "--config", str(config), "--out_dir",
-         str(root / "explain-two"), "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"],
-        env=env, cwd=root, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = _two_cpu_processes(root, "explain", config, root / "explain-two")
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = root / "explain-two"
     files = rank_files(two, "attributions")
