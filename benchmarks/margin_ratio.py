@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/margin_ratio.py outputs/evaluate/leaderboard-minilm-movies --name NAME
 
-Per metric, with B the baseline (a label not starting with a ``--learned`` prefix) whose mean is best in the
-metric's direction and R the ``--random`` label: ``ratio`` = (mean(learned) − mean(R)) / (mean(B) − mean(R)), so 1
+Per metric, with B the baseline (a label of the folder's table not starting with a ``--learned`` prefix, and not an
+upper-bound reference that selects or searches on the test metric: ``paired_diff.table_scores``) whose mean is best
+in the metric's direction and R the ``--random`` label: ``ratio`` = (mean(learned) − mean(R)) / (mean(B) − mean(R)), so 1
 means level with the best baseline and ≥ 0.9 is the amortization target of issue 13; ``speedup`` = B's mean seconds
 per example / the learned attributor's (both from the same run's score files). Rows: ``method`` = learned label,
 ``variant`` = ``vs <B>``, ``mean`` = ratio, plus ``best_baseline``, ``speedup``.
@@ -13,7 +14,6 @@ Writes ``benchmarks/results/<name>.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from paired_diff import best_baseline, load_scores  # noqa: E402
+from paired_diff import best_baseline, table_scores  # noqa: E402
 
 from amlx.results import write_results  # noqa: E402
 
@@ -47,15 +47,14 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--learned", default="paml,faml", help="comma-separated label prefixes of learned attributors")
     args = ap.parse_args(argv)
     out = Path(args.out_dir)
-    table = json.loads((out / "table.json").read_text())
+    table, scores, references = table_scores(out)
     metrics = list(dict.fromkeys(r["metric"] for r in table["rows"]))
-    scores = {p.stem: load_scores(p) for p in sorted((out / "scores").glob("*.jsonl"))}
     if args.random not in scores:
         raise FileNotFoundError(f"no scores for the random baseline {args.random!r} in {out}/scores")
     learned = tuple(x for x in args.learned.split(",") if x)
     rows = []
     for metric in metrics:
-        best = best_baseline(scores, metric, learned + (args.random,))
+        best = best_baseline(scores, metric, learned + (args.random,), references)
         r, b = mean_of(scores[args.random], metric), mean_of(scores[best], metric)
         for label, sc in scores.items():
             if not label.startswith(learned):

@@ -8,6 +8,10 @@ methods' own intervals. Rows: ``method`` = the evaluation's label of A, ``varian
 ``mean`` = mean of A − B, ``ci95``, ``n`` (examples scored by both), ``verdict`` = ``better`` / ``worse`` when the
 interval lies wholly on that side of 0 for the metric's direction (higher for comp/AOPC-C, lower for
 suff/log-odds/AOPC-S), ``undecided`` when it contains 0.
+Only the methods of the folder's table count (``table_scores``): a score file of a method still being computed in
+the same folder (fewer examples) is left out. With ``--reference best`` the reference is the best *baseline*: never a
+learned attributor (``--learned`` prefixes), nor a row that selects or searches on the test metric itself (variant
+"oracle-selected:…" or Solvex's "searched for …"), which are upper-bound references, not competitors.
 Writes ``benchmarks/results/<name>.{json,md}``.
 """
 
@@ -55,12 +59,30 @@ def verdict(mean: float, ci: float, direction: str | None) -> str:
     return "undecided"
 
 
-def best_baseline(scores: dict[str, dict[int, dict]], metric: str, learned: tuple[str, ...]) -> str:
-    """The label whose mean ``metric`` is best in the metric's direction, among labels not starting with ``learned``."""
+REFERENCE_ONLY = ("oracle-selected", "searched for")  # variants that choose on the test metric: never "best baseline"
+
+
+def table_scores(out: Path) -> tuple[dict, dict[str, dict[int, dict]], set[str]]:
+    """(table.json, scores of the table's labels, the labels whose variant marks an upper-bound reference).
+
+    Labels come from the table's rows (``label``, else ``method``); score files of other labels in ``scores/`` —
+    a method still running in the same folder, or one a later table left out — are not read.
+    """
+    table = json.loads((out / "table.json").read_text())
+    variants = {r.get("label", r["method"]): r.get("variant") or "" for r in table["rows"]}
+    scores = {label: load_scores(out / "scores" / f"{label}.jsonl") for label in variants}
+    references = {label for label, v in variants.items() if any(tag in v for tag in REFERENCE_ONLY)}
+    return table, scores, references
+
+
+def best_baseline(scores: dict[str, dict[int, dict]], metric: str, learned: tuple[str, ...],
+                  exclude: set[str] = frozenset()) -> str:  # fmt: skip
+    """The label whose mean ``metric`` is best in the metric's direction, among labels not starting with ``learned``
+    and not in ``exclude``."""
     higher = metric_registry.direction(metric) == "higher"
     means = {}
     for label, rows in scores.items():
-        if label.startswith(learned):
+        if label.startswith(learned) or label in exclude:
             continue
         vals = [r[metric] for r in rows.values() if metric in r]
         if vals:
@@ -81,15 +103,14 @@ def main(argv: list[str] | None = None) -> Path:
                     help="comma-separated label prefixes of learned attributors, never a 'best' reference")
     args = ap.parse_args(argv)
     out = Path(args.out_dir)
-    table = json.loads((out / "table.json").read_text())
+    table, scores, references = table_scores(out)
     metrics = list(dict.fromkeys(r["metric"] for r in table["rows"]))
-    scores = {p.stem: load_scores(p) for p in sorted((out / "scores").glob("*.jsonl"))}
     learned = tuple(x for x in args.learned.split(",") if x)
     rows, refs = [], {}
     for metric in metrics:
         ref_label = args.reference
         if args.reference == "best":
-            ref_label = best_baseline(scores, metric, learned)
+            ref_label = best_baseline(scores, metric, learned, references)
             refs[metric] = ref_label
         elif ref_label not in scores:
             raise FileNotFoundError(f"no scores for the reference {args.reference!r} in {out}/scores")

@@ -75,3 +75,39 @@ def test_fine_tuned_classifier_learns_exports_and_reloads_with_identical_probabi
 def test_prompted_models_are_not_fine_tuned_by_the_classifier_module():
     with pytest.raises(ValueError, match="prompted"):
         ClassifierModule(model="unused", kind="prompted")
+
+
+def test_a_fit_refuses_to_replace_a_completed_export_unless_told_and_train_py_says_so_in_one_line(
+    tmp_path, separable_csv, capsys
+):
+    """The export every stored result was computed on is not replaced by a second (e.g. shortened) fit: the refusal
+    comes at fit start, before any step, and leaves the export byte for byte; ``overwrite_export`` replaces it."""
+    from amlx.cli import main as train_main
+    from amlx.errors import run_cli
+    from amlx.models.classifier import ExportExistsError
+
+    base = _saved_base(tmp_path, "bert", "encoder")
+    export = tmp_path / "export"
+    _fit(ClassifierModule(model=base, lr=1e-2, warmup_ratio=0.0, export_to=str(export)), separable_csv, steps=3)
+    weights = export / "model.safetensors"
+    saved = weights.read_bytes()
+    second = ClassifierModule(model=base, lr=1e-2, warmup_ratio=0.0, export_to=str(export), seed=1)
+    with pytest.raises(ExportExistsError, match="overwrite_export"):
+        _fit(second, separable_csv, steps=3)
+    assert second.trainer.global_step == 0 and weights.read_bytes() == saved
+
+    argv = ["fit", "--model", "amlx.models.classifier.ClassifierModule", "--model.model", base,
+            "--model.export_to", str(export), "--model.seed", "1", "--data", "amlx.data.TextClassificationData",
+            "--data.dataset", separable_csv, "--data.test_size", "12", "--data.val_size", "12",
+            "--trainer.max_steps", "2", "--trainer.accelerator", "cpu", "--trainer.logger", "false",
+            "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
+            "--trainer.default_root_dir", str(tmp_path / "run"), "--test_after_fit", "false"]  # fmt: skip
+    assert run_cli(train_main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "already holds a fine-tuned classifier" in err[-1]
+    assert "--model.overwrite_export true" in err[-1] and "Traceback" not in "\n".join(err)
+    assert weights.read_bytes() == saved
+
+    assert run_cli(train_main, [*argv, "--model.overwrite_export", "true"]) == 0
+    assert weights.read_bytes() != saved  # seed 1, two steps: another model
+    assert (export / ".complete").exists()

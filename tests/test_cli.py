@@ -156,3 +156,15 @@ def test_a_misspelt_model_option_is_one_line_before_any_model_loads(no_model_loa
             "--model_options", "{maks: pad}"]  # fmt: skip
     assert main(argv) == 2
     assert "did you mean 'mask'?" in error_line(capsys) and no_model_load == []
+
+
+@pytest.mark.parametrize("options,message", [
+    ("{marc: {kernel: gauss}}", "MaRC kernel must be one of ('sigma', 'sigma_sq'), got 'gauss'"),
+    ("{marc: {lr_scheduler: {init_args: {factor: 0.5}}}}", "lr_scheduler needs class_path"),
+])  # fmt: skip
+def test_an_option_value_the_method_refuses_is_one_line_and_status_2(model_dir, tmp_path, capsys, options, message):
+    argv = explain_argv(model_dir, tmp_path, "--methods", "marc", "--texts", "a good movie", "--method_options", options)
+    assert main(argv) == 2
+    line = error_line(capsys)
+    assert "method 'marc' (method_options.marc):" in line and message in line
+    assert not (tmp_path / "attributions.jsonl").exists()

@@ -190,3 +190,69 @@ def _recording(fit, steps: list):
         return result
 
     return wrapped
+
+
+# ------------------------------------------------------------------------------------------ learning-rate schedules
+PLATEAU_AFTER_TWO = {  # reduces the lr by 1e-12 after the second step: no step ever improves the loss by 1e9
+    "class_path": "torch.optim.lr_scheduler.ReduceLROnPlateau",
+    "init_args": {"factor": 1e-12, "patience": 0, "threshold": 1e9, "threshold_mode": "abs"},
+}
+
+
+def test_marc_plateau_schedule_from_yaml_reads_the_logged_loss_after_every_step(explained):
+    """A plateau schedule given as YAML is stepped after every MaRC step on the loss the module logs: with the lr cut
+    to ~0 after step 2, six steps leave the mask where two unscheduled steps do (a schedule that never stepped, or
+    stepped once per run, would not)."""
+    model = explained("bert", "encoder")
+    options = {"steps": 6, "patience": None, "seed": 2}
+    six = methods.get("marc", lr_scheduler=PLATEAU_AFTER_TWO, **options)
+    six.attribute(list(TEXTS[:2]), model)
+    two = methods.get("marc", **{**options, "steps": 2})
+    two.attribute(list(TEXTS[:2]), model)
+    free = methods.get("marc", **options)
+    free.attribute(list(TEXTS[:2]), model)
+    assert six.last_fit.steps.tolist() == [6, 6]
+    assert (six.last_fit.token_mask - two.last_fit.token_mask).abs().max() <= 1e-6
+    assert (free.last_fit.token_mask - two.last_fit.token_mask).abs().max() > 1e-3  # steps 3–6 do move it unscheduled
+    assert "lr_scheduler" in six.variant
+
+
+def test_marc_step_schedule_sets_the_lr_of_every_step(explained):
+    model = explained("bert", "encoder")
+    step = {"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 1, "gamma": 0.5}}
+    marc = methods.get("marc", steps=4, patience=None, lr=0.04, lr_scheduler=step)
+    module = marc.optim.module(model, *marc_arguments(model, marc, TEXTS[:1]))
+    trainer = L.Trainer(max_epochs=4, accelerator="cpu", **LEAN)
+    trainer.fit(module)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.04 * 0.5**4)
+
+
+def test_faml_schedules_from_yaml_act_after_every_step(attributor):
+    """fAML's ``lr_scheduler``: with the lr set to 0 after step 1 (StepLR, γ = 0) every later map is the map of step
+    1, exactly; with the plateau cut after step 2, the maps stop moving after step 2."""
+    zero = {"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 1, "gamma": 0.0}}
+    texts = list(TEXTS[:3])
+    for params in ("head", "all"):
+        res = FAML(attributor, steps=4, params=params, lr=1e-2, lr_scheduler=zero).attribute(texts)
+        assert not torch.allclose(res.maps[:, 1], res.maps[:, 0])
+        assert all(torch.equal(res.maps[:, s], res.maps[:, 1]) for s in (2, 3, 4))
+    plateau = FAML(attributor, steps=5, params="head", lr=1e-2, lr_scheduler=PLATEAU_AFTER_TWO).attribute(texts)
+    free = FAML(attributor, steps=5, params="head", lr=1e-2).attribute(texts)
+    assert (plateau.maps[:, :3] - free.maps[:, :3]).abs().max() <= EQUAL
+    assert (plateau.maps[:, 3:] - plateau.maps[:, 2:3]).abs().max() <= 1e-6
+    assert (free.maps[:, 5] - free.maps[:, 2]).abs().max() > 1e-4
+    method = methods.get("faml", attributor=attributor, steps=2, lr_scheduler=zero)  # the YAML path of evaluate
+    assert method.faml.lr_scheduler == zero
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"init_args": {"factor": 0.5}}, "needs class_path"),
+    ({"class_path": "torch.optim.lr_scheduler.StepLR", "every": 2}, "needs class_path"),
+    ({"class_path": "torch.optim.lr_scheduler.NoSuchSchedule"}, "cannot import"),
+    ({"class_path": "torch.nn.Linear"}, "not a torch.optim.lr_scheduler"),
+])  # fmt: skip
+def test_a_malformed_schedule_is_refused_before_any_step(attributor, spec, message):
+    with pytest.raises(ValueError, match=message):
+        methods.get("marc", lr_scheduler=spec)
+    with pytest.raises(ValueError, match=message):
+        FAML(attributor, steps=2, lr_scheduler=spec)

@@ -80,3 +80,23 @@ def test_main_job_with_cached_assets_prints_the_table_writes_the_report_and_the_
     assert sum(v for k, v in seconds.items() if k != "total") == pytest.approx(seconds["total"], rel=1e-3, abs=0.05)
     assert timing["setup"]["classifier_trained"] is False and timing["setup"]["attributor_trained"] is False
     assert (root / "results" / "main-timing.md").exists()
+
+
+def test_retrain_tells_the_classifier_fit_to_replace_the_cached_export(cached, monkeypatch):
+    """``retrain: true`` is the one case where the main job replaces a completed classifier export on purpose: it
+    passes ``--model.overwrite_export true`` (without it the fit refuses, tests/test_classifier.py)."""
+    root, config = cached
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def record(config, *more):
+        calls.append((config, more))
+        raise Stop
+
+    monkeypatch.setattr(main_job, "_train", record)
+    with pytest.raises(Stop):
+        main_job.main(fetch=[], explained_model="amlx:tiny", classifier_config=config, retrain=True,
+                      out_dir=str(root / "main"))  # fmt: skip
+    assert calls == [(config, ("--model.overwrite_export", "true"))]

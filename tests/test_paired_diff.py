@@ -58,3 +58,36 @@ def test_val_curve_reads_every_epochs_registered_val_metrics(tmp_path):
     assert [(r["variant"], r["metric"], r["mean"]) for r in rows] == [
         ("epoch 0", "comp", 0.25), ("epoch 0", "suff", 0.1), ("epoch 1", "comp", 0.3), ("epoch 1", "suff", 0.05)
     ]  # val/loss is not a registered metric: left out
+
+
+def test_best_baseline_is_taken_among_the_tables_finished_honest_rows(tmp_path, monkeypatch):
+    """A method still running in the folder (its scores file has fewer examples, no table row) and a row that selects
+    on the test metric (oracle-selected, Solvex's "searched for") are never the best baseline of the margin or
+    paired tables, even with the best mean."""
+    import json
+
+    from amlx import results
+
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path / "results")
+    out = tmp_path / "run"
+    (out / "scores").mkdir(parents=True)
+    comp = {"random": [0.1, 0.1], "occlusion": [0.3, 0.3], "rpi_oracle_comp": [0.6, 0.6], "solvex_comp": [0.8, 0.8],
+            "paml_x": [0.2, 0.4], "sig": [0.9]}  # fmt: skip
+    for label, values in comp.items():
+        lines = [json.dumps({"index": i, "comp": v, "seconds": 1.0}) for i, v in enumerate(values)]
+        (out / "scores" / f"{label}.jsonl").write_text("\n".join(lines) + "\n")
+    variants = {"random": "seed0", "occlusion": "prob", "rpi_oracle_comp": "R8n20 oracle-selected:comp [rpi_oracle_comp]",
+                "solvex_comp": "searched for comp, B=10 [solvex_comp]", "paml_x": "pretrained [paml_x]"}  # fmt: skip
+    rows = [{"method": label.split("_")[0], "label": label, "variant": v, "metric": "comp", "mean": 0.0, "n": 2}
+            for label, v in variants.items()]  # fmt: skip
+    (out / "table.json").write_text(json.dumps({"command": "evaluate", "setup": {}, "rows": rows}))
+
+    table, scores, references = load_benchmark("paired_diff").table_scores(out)
+    assert set(scores) == set(variants) and references == {"rpi_oracle_comp", "solvex_comp"}  # no sig: not in the table
+    margin = json.loads(load_benchmark("margin_ratio").main([str(out), "--name", "m"]).with_suffix(".json").read_text())
+    assert [(r["method"], r["best_baseline"]) for r in margin["rows"]] == [("paml_x", "occlusion")]
+    assert math.isclose(margin["rows"][0]["mean"], 1.0)  # paml_x's mean 0.3 = occlusion's: level with it
+    paired = load_benchmark("paired_diff").main([str(out), "--name", "p", "--reference", "best"])
+    paired = json.loads(paired.with_suffix(".json").read_text())
+    assert paired["setup"]["best_baseline"] == {"comp": "occlusion"}
+    assert {r["method"] for r in paired["rows"]} == set(variants) - {"occlusion"}

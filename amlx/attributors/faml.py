@@ -68,7 +68,9 @@ class FAML:
     unless ``metric_direction`` is given. ``lr`` defaults to the attributor's pretraining lr; ``lora`` is a
     peft ``LoraConfig`` dict. ``lambdas`` (λ_p, λ_a, λ_inv) default to the pretraining ones (methods.md "AML");
     an attributor amortized from a teacher with the AML terms off needs its own. ``trainer``: options of the inner
-    Lightning Trainer (``amlx.attributors.inner``: precision, gradient clipping, callbacks, …).
+    Lightning Trainer (``amlx.attributors.inner``: precision, gradient clipping, callbacks, …). ``lr_scheduler``: a
+    learning-rate schedule stepped after every step (``{class_path: torch.optim.lr_scheduler.ReduceLROnPlateau,
+    init_args: {...}}``, ``inner.optimization``; a plateau schedule reads the group's mean loss).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class FAML:
         parallel: int | None = None,
         lambdas: tuple[float, float, float] | list[float] | None = None,
         trainer: dict | None = None,
+        lr_scheduler: dict | None = None,
     ) -> None:
         if params not in PARAMS:
             raise ValueError(f"params must be one of {PARAMS}, got {params!r}")
@@ -121,7 +124,8 @@ class FAML:
                 "this attributor was pretrained with λ_p = λ_a = λ_inv = 0 (amortized from a teacher), so the AML loss "
                 "fAML minimizes is 0: give fAML its own weights, e.g. lambdas: [1.0, 1.0, 1.0]"
             )
-        self.trainer = trainer
+        inner.check_scheduler(lr_scheduler)
+        self.trainer, self.lr_scheduler = trainer, lr_scheduler
         self._work: AMLAttributor | None = None
         self._init: dict[str, Tensor] = {}
 
@@ -208,7 +212,7 @@ class FAML:
             a = att.to_explained(a_src, inputs, enc)
             return a, self._loss(enc, a, y)
 
-        return FAMLModule(list(params.values()), forward, self.steps, self.lr)
+        return FAMLModule(list(params.values()), forward, self.steps, self.lr, self.lr_scheduler)
 
     def _tune_all(self, enc: Encoded, y: Tensor) -> FAMLModule:
         """The instances of ``enc`` together: each its own copy of G's trainable tensors, F batched over all.
@@ -236,7 +240,7 @@ class FAML:
             a = att.to_explained(torch.cat(rows), inputs, enc)
             return a, self._loss(enc, a, y)
 
-        return FAMLModule([t for tensors in copies for t in tensors.values()], forward, self.steps, self.lr)
+        return FAMLModule([t for tensors in copies for t in tensors.values()], forward, self.steps, self.lr, self.lr_scheduler)
 
     def _tune_each(self, enc: Encoded, y: Tensor) -> tuple[Tensor, Tensor]:
         """One instance after the other on a working copy reset to the pretrained weights each time."""
@@ -252,7 +256,7 @@ class FAML:
                 return a, self._loss(row, a, y_b)
 
             tuned = [p for p in work.parameters() if p.requires_grad]
-            parts.append(self._run(FAMLModule(tuned, forward, self.steps, self.lr)))
+            parts.append(self._run(FAMLModule(tuned, forward, self.steps, self.lr, self.lr_scheduler)))
         return _cat_traces(parts, t)
 
     def _loss(self, enc: Encoded, a: Tensor, y: Tensor) -> Tensor:
@@ -310,11 +314,14 @@ class FAMLModule(L.LightningModule):
     Trainer never switches them out of eval mode.
     """
 
-    def __init__(self, tuned: list[nn.Parameter], forward: Callable[[], tuple[Tensor, Tensor]], steps: int, lr: float):
+    def __init__(
+        self, tuned: list[nn.Parameter], forward: Callable[[], tuple[Tensor, Tensor]], steps: int, lr: float,
+        lr_scheduler: dict | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.tuned = nn.ParameterList(tuned)  # the same Parameter objects ``forward`` reads
         self.run_forward = forward
-        self.steps, self.lr = steps, lr
+        self.steps, self.lr, self.lr_scheduler = steps, lr, lr_scheduler
         self.instances: tuple[Encoded, Tensor, Tensor | None] | None = None  # (enc, F(x), target) from FAML.module
         self.maps: list[Tensor] = []
         self.losses: list[Tensor] = []
@@ -328,17 +335,17 @@ class FAMLModule(L.LightningModule):
             return -1
         return None
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self):
         params = list(self.tuned)
         # fused: one pass over each (stacked) tensor per step instead of several; same update as the default
         fused = all(p.device.type in ("cpu", "cuda") and p.dtype in FUSED_DTYPES for p in params)
-        return torch.optim.Adam(params, lr=self.lr, fused=fused or None)
+        return inner.optimization(torch.optim.Adam(params, lr=self.lr, fused=fused or None), self.lr_scheduler)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         a, loss = self.run_forward()
         self.maps.append(a.detach())
         self.losses.append(loss.detach())
-        if inner.watched(self.trainer):  # for callbacks (EarlyStopping) and loggers; a lean run skips the cost
+        if inner.watched(self.trainer, self.lr_scheduler):  # callbacks, loggers, a plateau schedule; else skipped
             self.log("loss", loss.detach().mean(), batch_size=len(loss))
         return loss.sum()  # instances are independent: each one's gradient stays its own
 

@@ -13,6 +13,14 @@ silenced. ``options`` (e.g. ``{"precision": "bf16-mixed", "gradient_clip_val": 1
 given, except ``callbacks``: each run gets fresh ones — a copy of each callback object, or one built from a YAML
 spec ``{class_path: lightning.pytorch.callbacks.EarlyStopping, init_args: {monitor: loss, patience: 20}}`` — so
 that the state of an EarlyStopping never carries over from one batch of instances to the next.
+
+A learning-rate schedule comes from Lightning too: ``optimization(optimizer, spec)`` turns a YAML spec
+``{class_path: torch.optim.lr_scheduler.ReduceLROnPlateau, init_args: {factor: 0.5, patience: 10}}`` (any
+``torch.optim.lr_scheduler`` class; ``monitor``, default ``loss``, for a plateau schedule) into what
+``configure_optimizers`` returns. Lightning steps it at every epoch end, that is after every optimizer step, and a
+plateau schedule reads the monitored loss — the mean over the batch's active instances, so, as with
+``EarlyStopping(monitor="loss")``, the schedule of an instance depends on its batch-mates (the per-instance
+``patience`` of MaRC does not). A module with a schedule logs its loss even in a lean run.
 """
 
 from __future__ import annotations
@@ -66,12 +74,51 @@ def fresh_callback(spec) -> L.Callback:
         return copy.deepcopy(spec)
     if set(spec) - {"class_path", "init_args"} or "class_path" not in spec:
         raise ValueError(f"a callback given as a mapping needs class_path (and optionally init_args), got {spec}")
-    module, _, name = spec["class_path"].rpartition(".")
+    return _import(spec["class_path"], "callback")(**spec.get("init_args", {}))
+
+
+def _import(class_path: str, what: str) -> type:
+    module, _, name = class_path.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module), name)
+        return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as e:
-        raise ValueError(f"cannot import the callback class {spec['class_path']!r}: {e}") from e
-    return cls(**spec.get("init_args", {}))
+        raise ValueError(f"cannot import the {what} class {class_path!r}: {e}") from e
+
+
+SCHEDULER_KEYS = {"class_path", "init_args", "monitor"}
+
+
+def check_scheduler(spec: dict | None) -> None:
+    """Refuse a malformed learning-rate schedule spec (module docstring) before any optimization starts."""
+    if spec is None:
+        return
+    if not isinstance(spec, dict) or "class_path" not in spec or set(spec) - SCHEDULER_KEYS:
+        raise ValueError(
+            "lr_scheduler needs class_path (and optionally init_args, monitor), e.g. {class_path: "
+            f"torch.optim.lr_scheduler.ReduceLROnPlateau, init_args: {{factor: 0.5, patience: 10}}}}; got {spec!r}"
+        )
+    cls = _import(spec["class_path"], "lr_scheduler")
+    if not (isinstance(cls, type) and issubclass(cls, (torch.optim.lr_scheduler.LRScheduler,
+                                                       torch.optim.lr_scheduler.ReduceLROnPlateau))):  # fmt: skip
+        raise ValueError(f"lr_scheduler class {spec['class_path']!r} is not a torch.optim.lr_scheduler schedule")
+
+
+def schedule_label(spec: dict) -> str:
+    """A short name for a schedule spec in a method's variant: ``ReduceLROnPlateau(factor:0.5 patience:10)``."""
+    args = " ".join(f"{k}:{v}" for k, v in spec.get("init_args", {}).items())
+    return f"{spec['class_path'].rpartition('.')[2]}({args})"
+
+
+def optimization(optimizer: torch.optim.Optimizer, spec: dict | None):
+    """What ``configure_optimizers`` returns: ``optimizer``, with the schedule of ``spec`` when one is given."""
+    if spec is None:
+        return optimizer
+    check_scheduler(spec)
+    scheduler = _import(spec["class_path"], "lr_scheduler")(optimizer, **spec.get("init_args", {}))
+    config = {"scheduler": scheduler, "interval": "epoch", "frequency": 1}  # an epoch is one optimizer step here
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        config["monitor"] = spec.get("monitor", "loss")
+    return {"optimizer": optimizer, "lr_scheduler": config}
 
 
 def fit(module: L.LightningModule, device: torch.device, steps: int, options: dict | None = None) -> None:
@@ -80,9 +127,10 @@ def fit(module: L.LightningModule, device: torch.device, steps: int, options: di
         trainer_for(device, steps, **(options or {})).fit(module)
 
 
-def watched(trainer: L.Trainer) -> bool:
-    """Whether anything reads logged values (a callback or a logger): logging costs about a millisecond a step."""
-    return bool(trainer.callbacks or trainer.loggers)
+def watched(trainer: L.Trainer, scheduler: dict | None = None) -> bool:
+    """Whether anything reads logged values (a callback, a logger, a schedule ``scheduler``): logging costs about a
+    millisecond a step."""
+    return bool(trainer.callbacks or trainer.loggers or scheduler)
 
 
 @contextlib.contextmanager

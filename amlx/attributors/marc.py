@@ -141,7 +141,10 @@ class MaRC:
     0 or 1 (equally likely) with this probability each step (the paper: "5% of mask values"); ``patience`` /
     ``min_delta``: an instance stops when its loss has not fallen below its best − ``min_delta`` for
     ``patience`` steps (``patience=None``: always ``steps``); ``weight_decay`` > 0 makes Adam AdamW; ``trainer``:
-    options of the inner Lightning Trainer (``amlx.attributors.inner``: precision, gradient clipping, callbacks, …).
+    options of the inner Lightning Trainer (``amlx.attributors.inner``: precision, gradient clipping, callbacks, …);
+    ``lr_scheduler``: a learning-rate schedule stepped after every step, e.g. ``{class_path:
+    torch.optim.lr_scheduler.ReduceLROnPlateau, init_args: {factor: 0.5, patience: 10}}`` (``inner.optimization``;
+    a plateau schedule reads the batch's mean loss).
     """
 
     steps: int = 900
@@ -159,6 +162,7 @@ class MaRC:
     patience: int | None = 50
     min_delta: float = 1e-3
     trainer: dict | None = None
+    lr_scheduler: dict | None = None
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("kernel", self.kernel, KERNELS), ("scoring", self.scoring, SCORINGS),
@@ -171,6 +175,7 @@ class MaRC:
             )
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"MaRC patience must be ≥ 1 or None (no early stop), got {self.patience}")
+        inner.check_scheduler(self.lr_scheduler)
 
     def changed(self) -> dict:
         """The settings that differ from the defaults (for a method's ``variant``)."""
@@ -250,8 +255,10 @@ class MaRCModule(L.LightningModule):
     def train_dataloader(self) -> inner.Batches:
         return inner.Batches([self.batch])
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.mask.parameters(), lr=self.settings.lr, weight_decay=self.settings.weight_decay)
+    def configure_optimizers(self):
+        s = self.settings
+        return inner.optimization(torch.optim.AdamW(self.mask.parameters(), lr=s.lr, weight_decay=s.weight_decay),
+                                  s.lr_scheduler)  # fmt: skip
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> int | None:
         if self.step_count >= self.settings.steps or not self.active.any():
@@ -279,7 +286,7 @@ class MaRCModule(L.LightningModule):
                               omega_sigma[rows], s.alpha_lambda, s.alpha_sigma, s.scoring, s.complement)  # fmt: skip
         before = [p.detach().clone() for p in (self.mask.w, self.mask.sigma)]
         self._pending = (rows, loss.detach(), self.active.clone(), before)
-        if inner.watched(self.trainer):  # for callbacks (EarlyStopping) and loggers; a lean run skips the cost
+        if inner.watched(self.trainer, s.lr_scheduler):  # for callbacks, loggers, a plateau schedule; else skipped
             self.log("loss", loss.detach().mean(), batch_size=len(rows))
         return loss.sum()  # a sum, not a mean: each instance's gradient is its own
 

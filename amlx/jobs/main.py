@@ -41,17 +41,17 @@ def test_accuracy(model: ExplainedModel, dm: TextClassificationData, batch_size:
     return float((probs.argmax(-1) == labels).float().mean()), len(labels)
 
 
-def _train(config: str) -> None:
+def _train(config: str, *more: str) -> None:
     from amlx.cli import main as cli
 
-    cli(["fit", "--config", config])
+    cli(["fit", "--config", config, *more])
 
 
-def _train_or_reuse(train: bool, doing: str, config: str, cached: str) -> None:
-    """``train.py fit --config config`` (printing ``doing``), or say that the cached ``cached`` is used."""
+def _train_or_reuse(train: bool, doing: str, config: str, cached: str, *more: str) -> None:
+    """``train.py fit --config config [more]`` (printing ``doing``), or say that the cached ``cached`` is used."""
     if train:
         print(f"[amlx] {doing} with {config}", flush=True)
-        _train(config)
+        _train(config, *more)
     else:
         print(f"[amlx] using the cached {cached}", flush=True)
 
@@ -103,7 +103,8 @@ def main(
     done("fetch")
     trained_classifier = retrain or not (assets.local_path(explained_model) / ".complete").exists()
     _train_or_reuse(trained_classifier, f"fine-tuning {explained_model}", classifier_config,
-                    f"classifier {assets.local_path(explained_model)}")  # fmt: skip
+                    f"classifier {assets.local_path(explained_model)}",
+                    *(["--model.overwrite_export", "true"] if retrain else []))  # fmt: skip
     done("fine-tune classifier" if trained_classifier else "classifier (cached)")
     model = ExplainedModel.from_pretrained(explained_model).to(resolve_device("auto"))  # a GPU when one is visible
     acc, n = test_accuracy(model, classifier_data(classifier_config))

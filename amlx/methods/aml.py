@@ -81,7 +81,9 @@ class FAMLMethod(_AMLMethod):
     ``params`` all | head | lora; ``selection`` loss (lowest AML loss; variant ``select:loss``) | last
     (``select:last``) | metric — the paper's protocol, the step with the best ``metric`` on that very example
     (variant ``oracle-selected:<metric>``). ``seconds`` of each record include the fine-tuning. ``trainer``: options
-    of the inner Lightning Trainer (e.g. ``{precision: bf16-mixed, gradient_clip_val: 1.0}``).
+    of the inner Lightning Trainer (e.g. ``{precision: bf16-mixed, gradient_clip_val: 1.0}``); ``lr_scheduler``: a
+    learning-rate schedule from YAML (``{class_path: torch.optim.lr_scheduler.ReduceLROnPlateau, init_args:
+    {factor: 0.5, patience: 2}}``, stepped after every step; ``amlx.attributors.inner``).
     """
 
     show_progress = True
@@ -98,12 +100,14 @@ class FAMLMethod(_AMLMethod):
         parallel: int | None = None,
         lambdas: list[float] | None = None,
         trainer: dict | None = None,
+        lr_scheduler: dict | None = None,
         attributor: AMLAttributor | None = None,
         internal_batch_size: int = 16,
     ) -> None:
         super().__init__(checkpoint, attributor, internal_batch_size)
         self.faml = FAML(self.attributor, steps, params, selection, metric if selection == "metric" else None,
-                         lr=lr, lora=lora, parallel=parallel, lambdas=lambdas, trainer=trainer)  # fmt: skip
+                         lr=lr, lora=lora, parallel=parallel, lambdas=lambdas, trainer=trainer,
+                         lr_scheduler=lr_scheduler)  # fmt: skip
         self.variant = f"oracle-selected:{metric}" if selection == "metric" else f"select:{selection}"
 
     def scores(self, enc: Encoded, model, target: Tensor, probs: Tensor | None = None) -> Tensor:

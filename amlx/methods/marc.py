@@ -16,6 +16,7 @@ import hashlib
 import torch
 from torch import Tensor
 
+from amlx.attributors import inner
 from amlx.attributors.marc import MaRC, MaRCModule, MaRCResult, word_positions
 from amlx.methods.base import AttributionMethod, Target, register_method, resolve_targets
 from amlx.methods.integrated_gradients import reference_embeddings
@@ -95,6 +96,8 @@ class MaRCMethod(AttributionMethod):
             changed["baseline"] = baseline
         if segment_tokens is not None:
             changed["segments"] = f"{segment_tokens}/{segment_overlap}"
+        if self.optim.lr_scheduler is not None:
+            changed["lr_scheduler"] = inner.schedule_label(self.optim.lr_scheduler)
         self.variant = ",".join(f"{k}={v}" for k, v in changed.items())
         self.last_fit: MaRCResult | None = None  # the last internal batch's optimization, a row per segment
 

@@ -47,8 +47,17 @@ class MethodSpec:
         return options is None or option in options
 
     def build(self, **overrides) -> AttributionMethod:
-        """The configured method; ``overrides`` replace options (a job's per-chunk ``seed``)."""
-        return self.cls(**{**self.options, **overrides})
+        """The configured method; ``overrides`` replace options (a job's per-chunk ``seed``).
+
+        A value the constructor refuses (its ``ValueError``: an option outside its choices, a malformed schedule)
+        becomes a ``MethodSpecError`` naming ``method_options.<alias>``, so the CLI reports it in one line, status 2.
+        """
+        try:
+            return self.cls(**{**self.options, **overrides})
+        except MethodSpecError:
+            raise
+        except ValueError as e:
+            raise MethodSpecError(f"method {self.alias!r} (method_options.{self.alias}): {e}") from e
 
 
 def constructor_options(cls: type) -> dict[str, inspect.Parameter] | None:

@@ -2,7 +2,9 @@
 
 The network is an ``ExplainedModel`` in trainable mode, so training reads predictions exactly where
 explanation will (last real token for decoders). After fitting, the model is exported with
-``save_pretrained`` to ``export_to`` (an ``amlx:<name>`` in the cache or a folder); after testing, the test
+``save_pretrained`` to ``export_to`` (an ``amlx:<name>`` in the cache or a folder) — a completed export there is
+refused at fit start unless ``overwrite_export`` is true, so a trial run (``--trainer.max_steps 30``) cannot silently
+replace the model every stored result was computed on; after testing, the test
 accuracy and a reload check are written to ``benchmarks/results/<results_name>.json``. Test accuracy is a
 ``torchmetrics`` metric, so under DDP it counts every rank's examples (each rank computes the same value).
 """
@@ -21,6 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from amlx import assets
 from amlx.data.sources import SENTIMENT_LABELS
+from amlx.errors import UserError
 from amlx.models.explained import ExplainedModel
 from amlx.pairs import inputs_of
 from amlx.results import write_results
@@ -28,11 +31,16 @@ from amlx.results import write_results
 log = logging.getLogger(__name__)
 
 
+class ExportExistsError(UserError, FileExistsError):
+    """``export_to`` already holds a completed export and ``overwrite_export`` is false."""
+
+
 class ClassifierModule(L.LightningModule):
     """Fine-tunes ``model`` (hub name, folder or ``amlx:`` name) as a ``len(labels)``-way classifier.
 
     ``lora``: peft ``LoraConfig`` keyword arguments (e.g. ``{r: 16, lora_alpha: 32, lora_dropout: 0.1}``);
     the classification head is trained fully (``modules_to_save``). ``None`` fine-tunes every weight.
+    ``overwrite_export``: replace a completed export at ``export_to`` (otherwise ``fit`` refuses to start).
     """
 
     def __init__(
@@ -48,6 +56,7 @@ class ClassifierModule(L.LightningModule):
         export_to: str | None = None,
         results_name: str | None = None,
         seed: int = 0,
+        overwrite_export: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -131,6 +140,15 @@ class ClassifierModule(L.LightningModule):
         if not to:
             return None
         return assets.local_path(to) if assets.is_amlx_name(to) else Path(to)
+
+    def on_fit_start(self) -> None:
+        out = self.export_dir()
+        if out is not None and (out / ".complete").exists() and not self.hparams.overwrite_export:
+            raise ExportExistsError(
+                f"{self.hparams.export_to} ({out}) already holds a fine-tuned classifier, which this fit would replace "
+                "(and with it the model of every result computed on it). To replace it, add --model.overwrite_export "
+                "true; for a trial run, add --model.export_to null --model.results_name null (or export elsewhere)"
+            )
 
     def on_fit_end(self) -> None:
         out = self.export_dir()
