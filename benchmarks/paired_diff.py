@@ -29,15 +29,18 @@ sys.path.insert(0, str(ROOT))
 
 from amlx import metrics as metric_registry  # noqa: E402
 from amlx.jobs.evaluate import summarize  # noqa: E402
+from amlx.jobs.run_files import rank_files  # noqa: E402
 from amlx.results import write_results  # noqa: E402
 
 
-def load_scores(path: Path) -> dict[int, dict]:
-    """Per-example metric values of one method: example index → row (the last row wins, as the job's resume does)."""
+def load_scores(*paths: Path) -> dict[int, dict]:
+    """Per-example metric values of one method: example index → row, from its files (every rank's of a distributed
+    run; within a file the last row wins, as the job's resume does)."""
     rows = {}
-    for line in path.open():
-        row = json.loads(line)
-        rows[row["index"]] = row
+    for path in paths:
+        for line in path.open():
+            row = json.loads(line)
+            rows[row["index"]] = row
     return rows
 
 
@@ -65,12 +68,13 @@ REFERENCE_ONLY = ("oracle-selected", "searched for")  # variants that choose on 
 def table_scores(out: Path) -> tuple[dict, dict[str, dict[int, dict]], set[str]]:
     """(table.json, scores of the table's labels, the labels whose variant marks an upper-bound reference).
 
-    Labels come from the table's rows (``label``, else ``method``); score files of other labels in ``scores/`` —
-    a method still running in the same folder, or one a later table left out — are not read.
+    Labels come from the table's rows (``label``, else ``method``), each read from every rank's file (a distributed
+    evaluate writes ``<label>.rank<r>.jsonl`` beside rank 0's); score files of other labels in ``scores/`` — a method
+    still running in the same folder, or one a later table left out — are not read.
     """
     table = json.loads((out / "table.json").read_text())
     variants = {r.get("label", r["method"]): r.get("variant") or "" for r in table["rows"]}
-    scores = {label: load_scores(out / "scores" / f"{label}.jsonl") for label in variants}
+    scores = {label: load_scores(*rank_files(out / "scores", label)) for label in variants}
     references = {label for label, v in variants.items() if any(tag in v for tag in REFERENCE_ONLY)}
     return table, scores, references
 

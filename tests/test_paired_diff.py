@@ -63,7 +63,7 @@ def test_val_curve_reads_every_epochs_registered_val_metrics(tmp_path):
 def test_best_baseline_is_taken_among_the_tables_finished_honest_rows(tmp_path, monkeypatch):
     """A method still running in the folder (its scores file has fewer examples, no table row) and a row that selects
     on the test metric (oracle-selected, Solvex's "searched for") are never the best baseline of the margin or
-    paired tables, even with the best mean."""
+    paired tables, even with the best mean; a label's rows are read from every rank's file."""
     import json
 
     from amlx import results
@@ -75,6 +75,8 @@ def test_best_baseline_is_taken_among_the_tables_finished_honest_rows(tmp_path, 
             "paml_x": [0.2, 0.4], "sig": [0.9]}  # fmt: skip
     for label, values in comp.items():
         lines = [json.dumps({"index": i, "comp": v, "seconds": 1.0}) for i, v in enumerate(values)]
+        if label == "occlusion":  # as a distributed evaluate leaves it: example 1 in rank 1's file
+            (out / "scores" / "occlusion.rank1.jsonl").write_text(lines.pop() + "\n")
         (out / "scores" / f"{label}.jsonl").write_text("\n".join(lines) + "\n")
     variants = {"random": "seed0", "occlusion": "prob", "rpi_oracle_comp": "R8n20 oracle-selected:comp [rpi_oracle_comp]",
                 "solvex_comp": "searched for comp, B=10 [solvex_comp]", "paml_x": "pretrained [paml_x]"}  # fmt: skip
@@ -84,6 +86,7 @@ def test_best_baseline_is_taken_among_the_tables_finished_honest_rows(tmp_path, 
 
     table, scores, references = load_benchmark("paired_diff").table_scores(out)
     assert set(scores) == set(variants) and references == {"rpi_oracle_comp", "solvex_comp"}  # no sig: not in the table
+    assert sorted(scores["occlusion"]) == [0, 1]  # both ranks' files
     margin = json.loads(load_benchmark("margin_ratio").main([str(out), "--name", "m"]).with_suffix(".json").read_text())
     assert [(r["method"], r["best_baseline"]) for r in margin["rows"]] == [("paml_x", "occlusion")]
     assert math.isclose(margin["rows"][0]["mean"], 1.0)  # paml_x's mean 0.3 = occlusion's: level with it

@@ -193,7 +193,9 @@ class FAML:
         """Fit ``module`` on the inner Trainer and read its trace: ([b, steps + 1, tokens], [b, steps + 1])."""
         if self.steps > 0:
             inner.fit(module, self.attributor.device, self.steps, self.trainer)
-        return module.trace()
+        trace = module.trace()
+        module.release()
+        return trace
 
     def _tune_heads(self, enc: Encoded, y: Tensor) -> FAMLModule:
         """All instances at once: frozen backbone states, one stacked head per instance, vmapped."""
@@ -348,6 +350,14 @@ class FAMLModule(L.LightningModule):
         if inner.watched(self.trainer, self.lr_scheduler):  # callbacks, loggers, a plateau schedule; else skipped
             self.log("loss", loss.detach().mean(), batch_size=len(loss))
         return loss.sum()  # instances are independent: each one's gradient stays its own
+
+    def release(self) -> None:
+        """Drop the copies, their optimizer state and the trace once read (``inner.release``): the group's memory is
+        freed now, not at Python's next full garbage collection."""
+        inner.release(self)
+        self.tuned = nn.ParameterList()
+        self.run_forward = None
+        self.maps, self.losses = [], []
 
     def trace(self) -> tuple[Tensor, Tensor]:
         """The recorded maps and losses with those after the last step: ([b, steps + 1, tokens], [b, steps + 1])."""

@@ -191,7 +191,9 @@ class MaRC:
         module = self.module(model, x, baseline, attention_mask, positions, n_words, target, generators, token_type_ids)
         if self.steps > 0:
             inner.fit(module, x.device, self.steps, self.trainer)
-        return module.result()
+        result = module.result()
+        module.release()
+        return result
 
     def module(
         self, model, x: Tensor, baseline: Tensor, attention_mask: Tensor, positions: Tensor, n_words: Tensor,
@@ -308,6 +310,13 @@ class MaRCModule(L.LightningModule):
             self.active[rows] = self.since[rows] < s.patience
         if not self.active.any():
             self.trainer.should_stop = True
+
+    def release(self) -> None:
+        """Drop the batch's embeddings and the optimizer state once the result is read (``inner.release``): the
+        Trainer ↔ module pair would otherwise keep them until Python's next full garbage collection."""
+        inner.release(self)
+        self.batch.clear()  # in place: the Trainer's dataloader holds this very dict
+        self._pending = None
 
     def result(self) -> MaRCResult:
         """λ (no noise, no flips), the parameters, the steps each row took and its loss trace."""
